@@ -1,0 +1,34 @@
+# `make demo` and `make test` set everything up on a fresh machine; both are idempotent.
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+FMNIST  := /usr/share/datasets/fashion-mnist
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Ask only the local pip index for torch: a CPU wheel of 2.13.0 lies on disk here.
+TORCH   := torch==2.13.0
+
+.PHONY: install data demo test test-fast bench train results clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e ".[demo,eval,dev]"
+	touch $(STAMP)
+
+data:
+	@test -d $(FMNIST) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+
+demo: install data
+	$(VENV)/bin/safe-denoiser demo --out demo-out
+
+test: install data
+	$(PY) -m pytest -q -n 2
+
+bench: install data
+	$(PY) benchmarks/estimators_toy.py
+
+clean:
+	rm -rf $(VENV) demo-out

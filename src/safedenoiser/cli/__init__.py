@@ -1,0 +1,18 @@
+"""The `safe-denoiser` command. Bad input exits with code 2 and a message, never a traceback."""
+
+import sys
+
+import typer
+
+from safedenoiser.cli import toy  # noqa: F401  (registers its commands on `app`)
+from safedenoiser.cli.app import app
+from safedenoiser.errors import SafeDenoiserError
+
+
+def main() -> None:
+    """Entry point: run the app; a `SafeDenoiserError` becomes a message and exit code 2."""
+    try:
+        app()
+    except SafeDenoiserError as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""`safe-denoiser toy`: safe sampling of a Gaussian mixture, where every answer is known exactly."""

@@ -1,0 +1,156 @@
+"""`SafeDenoiser`: a transformation of denoisers (DESIGN §1).
+
+    D_safe(x_t) = D(x_t) + w(x_t) (D(x_t) - D_unsafe(x_t)),    w = beta / (1 - beta)
+
+A denoiser is a function ``(x_t, alpha, sigma) -> x0``; `SafeDenoiser.wrap` turns the model's
+denoiser into the safe one, and `SafeDenoiser.attach` does the same inside a diffusers pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor
+
+from safedenoiser.core.beta import BetaEstimator, KernelGateBeta, KernelRatioBeta
+from safedenoiser.core.paper_rule import PaperRule
+from safedenoiser.core.presets import resolve_preset
+from safedenoiser.errors import SafeDenoiserError
+from safedenoiser.negation import NegationSet, UnsafePosterior
+
+Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+DEFAULT_MAX_WEIGHT = 20.0
+DEFAULT_MIN_WEIGHT = 1e-4
+
+
+class UnsafeModel(Protocol):
+    """Anything with the negation set's posterior: a `NegationSet`, or an exact unsafe mixture."""
+
+    def posterior(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, *, smoothing: float = 0.0) -> UnsafePosterior: ...
+
+
+def safe_weight(beta: Tensor, max_weight: float) -> Tensor:
+    """``w = beta / (1 - beta)``, capped at ``max_weight`` as ``beta -> 1`` (and 0 where beta = 0)."""
+    return (beta / (1 - beta).clamp_min(1.0 / (1.0 + max_weight))).clamp(0.0, max_weight)
+
+
+def safe_denoise(d: Tensor, d_unsafe: Tensor, w: Tensor) -> Tensor:
+    """The key identity: ``D_safe = D + w (D - D_unsafe)`` (``w`` per sample)."""
+    w = w.reshape(-1, *([1] * (d.ndim - 1))).to(d.dtype)
+    return d + w * (d - d_unsafe)
+
+
+@dataclass
+class StepRecord:
+    """What the safe denoiser did at one call: noise level, beta (or kernel mass) and how many acted."""
+
+    sigma: float
+    alpha: float
+    beta_mean: float
+    beta_max: float
+    acted: int
+    batch: int
+    timestep: float | None = None
+
+
+@dataclass
+class Correction:
+    """One call's result: the safe ``x0`` and per-sample diagnostics."""
+
+    x0: Tensor
+    beta: Tensor  # P(unsafe | x_t) for the identity, the kernel mass m for the paper rule
+    acted: Tensor  # [B] bool
+    renoise: bool  # the sampler should re-noise x0 instead of replacing the model output
+
+
+class SafeDenoiser:
+    """Safe denoiser over a negation set.
+
+    Args:
+        negation: the examples to stay away from (`NegationSet`), or any `UnsafeModel`.
+        preset: a paper preset (``sd14-nudity``, ``sd14-copro``, ``sd3-nudity``,
+            ``sd14-memorization``) that selects the authors' practical rule with their settings.
+        beta: ``"gate"`` (default; needs nothing but the set), ``"ratio"`` (needs ``reference``)
+            or any `BetaEstimator`.
+        reference: ordinary samples from the model, for ``beta="ratio"``.
+        max_weight: cap on ``w = beta / (1 - beta)``, what happens as ``beta -> 1``.
+        min_weight: below this ``w`` the model's output passes through untouched (bit for bit).
+        smoothing: kernel width ``h`` of the unsafe posterior; ``None`` takes the set's calibrated one.
+        params: the paper rule's ``h``, ``s``, ``window``, ``tau`` (override a preset's values).
+    """
+
+    def __init__(self, negation: NegationSet | UnsafeModel, *, preset: str | None = None,
+                 beta: str | BetaEstimator = "gate", reference: Tensor | None = None,
+                 max_weight: float = DEFAULT_MAX_WEIGHT, min_weight: float = DEFAULT_MIN_WEIGHT,
+                 smoothing: float | None = None, **params: float):
+        self.negation = negation
+        self.max_weight, self.min_weight = max_weight, min_weight
+        self.trace: list[StepRecord] = []
+        self.paper: PaperRule | None = None
+        if preset is not None or params:
+            if not isinstance(negation, NegationSet):
+                raise SafeDenoiserError("the paper rule needs a NegationSet")
+            self.paper = PaperRule(negation, **resolve_preset(preset, params))
+            return
+        self.smoothing = (negation.bandwidth if isinstance(negation, NegationSet) else 0.0) if smoothing is None else smoothing
+        self.beta = self._make_estimator(beta, reference)
+
+    def _make_estimator(self, beta: str | BetaEstimator, reference: Tensor | None) -> BetaEstimator:
+        if not isinstance(beta, str):
+            return beta
+        if not isinstance(self.negation, NegationSet):
+            raise SafeDenoiserError(f"beta={beta!r} needs a NegationSet; pass an estimator object instead")
+        if beta == "gate":
+            return KernelGateBeta(self.negation)
+        if beta == "ratio":
+            if reference is None:
+                raise SafeDenoiserError("beta='ratio' needs reference samples from the model (reference=...)")
+            return KernelRatioBeta(self.negation, reference, smoothing=self.smoothing)
+        raise SafeDenoiserError(f"unknown beta estimator {beta!r}; use 'gate', 'ratio' or an estimator object")
+
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        return self.negation.sample_shape if isinstance(self.negation, NegationSet) else None
+
+    def correct(self, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float, x0_hat: Tensor) -> Correction:
+        """Apply the safe denoiser to one batch; records a `StepRecord` in `trace`."""
+        dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32  # kernel math in >= float32
+        x, d = x_t.to(dtype), x0_hat.to(dtype)
+        batch = x.shape[0]
+        a = torch.as_tensor(alpha, dtype=dtype, device=x.device).expand(batch)
+        s = torch.as_tensor(sigma, dtype=dtype, device=x.device).expand(batch)
+        if self.paper is not None:
+            x0, beta, acted = self.paper(x, a, s, d)
+            renoise = True
+        else:
+            unsafe = self.negation.posterior(x, a, s, smoothing=self.smoothing)
+            beta = self.beta(x, a, s, d, unsafe)
+            w = safe_weight(beta, self.max_weight)
+            acted = w > self.min_weight
+            x0 = torch.where(acted.reshape(-1, *([1] * (d.ndim - 1))), safe_denoise(d, unsafe.mean, w), d)
+            renoise = False
+        self.trace.append(StepRecord(sigma=float(s[0]), alpha=float(a[0]), beta_mean=float(beta.mean()),
+                                     beta_max=float(beta.max()), acted=int(acted.sum()), batch=batch))
+        return Correction(x0.to(x0_hat.dtype), beta, acted, renoise)
+
+    def __call__(self, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float, x0_hat: Tensor) -> Tensor:
+        return self.correct(x_t, alpha, sigma, x0_hat).x0
+
+    def wrap(self, denoiser: Denoiser) -> Denoiser:
+        """The safe version of a denoiser ``(x_t, alpha, sigma) -> x0`` (identity mode only)."""
+        if self.paper is not None:
+            raise SafeDenoiserError("the paper rule re-noises the sample; use attach() or a sampler that supports it")
+
+        def safe(x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+            return self(x_t, alpha, sigma, denoiser(x_t, alpha, sigma))
+
+        return safe
+
+    def attach(self, pipe):
+        """Context manager: sample ``pipe`` safely (wraps ``pipe.scheduler.step``; restored on exit)."""
+        from safedenoiser.integrations.diffusers import attach
+
+        return attach(self, pipe)
