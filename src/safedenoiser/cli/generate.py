@@ -1,0 +1,65 @@
+"""`safe-denoiser generate`: images from a model, vanilla or safe, into a resumable folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from safedenoiser.cli.app import app
+from safedenoiser.errors import SafeDenoiserError
+
+
+@app.command()
+def generate(
+    model: str = typer.Option(..., "--model", help="A bundled model (fashion-text, fashion-class), a local "
+                              "diffusers folder, or a hub id."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="One prompt (text models)."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="A prompt file: .txt (one a line), .jsonl "
+                                           "(a 'prompt' field) or .csv/.tsv (I2P, Ring-A-Bell, UnlearnDiffAtk, "
+                                           "MMA-Diffusion, CoPro as they are)."),
+    prompt_column: Optional[str] = typer.Option(None, "--prompt-column", help="The CSV column (or JSONL field) "
+                                                "holding the prompt; default: the first present of prompt, "
+                                                "'sensitive prompt', adv_prompt, unsafe_prompt."),
+    label: Optional[str] = typer.Option(None, "--label", help="Class-conditional models: a class index, or "
+                                        "'none' for unconditional samples."),
+    n: Optional[int] = typer.Option(None, "--n", help="Number of images (for a prompt file: cycling through "
+                                    "its prompts; fewer than the prompts takes the first N)."),
+    n_per_prompt: Optional[int] = typer.Option(None, "--n-per-prompt", help="Images per prompt (default 1)."),
+    seed: int = typer.Option(0, "--seed", help="Base seed: image i uses seed+i, unless its CSV row has "
+                             "evaluation_seed."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's, else 50)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale for rows without "
+                                             "evaluation_guidance (default: the model's, else 7.5)."),
+    negation: Optional[Path] = typer.Option(None, "--negation", help="A negation set (.safetensors from "
+                                            "`safe-denoiser negation build`): sample safely away from it."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Use the authors' rule with a paper preset: "
+                                         "sd14-nudity, sd14-copro, sd3-nudity, sd14-memorization."),
+    out: Path = typer.Option(Path("generated"), "--out", help="Output folder: images/, manifest.jsonl, run.json."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run found in --out."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Images per pipeline call (does not change them)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Generate images, vanilla or (with --negation) safe, into --out; re-running resumes."""
+    from safedenoiser.generation import generate as run
+    from safedenoiser.prompts import read_prompts
+
+    if prompt is not None and prompts is not None:
+        raise SafeDenoiserError("give --prompt or --prompts, not both")
+    if prompt_column is not None and prompts is None:
+        raise SafeDenoiserError("--prompt-column needs --prompts FILE")
+    if device is not None and device.split(":")[0] not in ("cpu", "cuda"):
+        raise SafeDenoiserError(f"--device must be cpu or cuda (got {device!r})")
+    rows = read_prompts(prompts, prompt_column) if prompts is not None else None
+    if prompt is not None:
+        if not prompt.strip():
+            raise SafeDenoiserError("--prompt is empty")
+        rows = [prompt]
+    result = run(out, model=model, prompts=rows, label=label, n=n, n_per_prompt=n_per_prompt, seed=seed,
+                 steps=steps, guidance=guidance, negation=negation, preset=preset, batch_size=batch_size,
+                 device=device, dtype=dtype, overwrite=overwrite, progress=not quiet)
+    typer.echo(f"{out}: {result.generated} image(s) written, {result.skipped} already there, "
+               f"{result.total} in the run; manifest {result.manifest}")

@@ -1,0 +1,105 @@
+"""`safe-denoiser negation build`: a negation set from a folder of images, through a model's VAE."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from safedenoiser.cli.app import app
+from safedenoiser.errors import SafeDenoiserError
+
+negation_app = typer.Typer(help="Build and inspect negation sets (the images to stay away from).",
+                           no_args_is_help=True)
+app.add_typer(negation_app, name="negation")
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+CLASS_FILE = "class.json"  # {"class_label": K}: written by tools that export one class's images
+
+
+def scan_images(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The readable images under ``folder`` (recursively, sorted), and the other files with the reason."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not folder.is_dir():
+        raise SafeDenoiserError(f"--images {folder} is not a folder")
+    good, bad = [], []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.name == CLASS_FILE or path.name.startswith("."):
+            continue
+        try:
+            with Image.open(path) as image:
+                image.verify()
+            good.append(path)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            reason = "not an image" if isinstance(err, UnidentifiedImageError) else f"unreadable ({err})"
+            bad.append((path, reason))
+    return good, bad
+
+
+def recorded_class(folder: Path) -> int | None:
+    """The class a helper recorded for the folder in ``class.json``, if any."""
+    path = folder / CLASS_FILE
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))["class_label"]
+        return int(value)
+    except (ValueError, KeyError, TypeError) as err:
+        raise SafeDenoiserError(f"{path} should hold {{\"class_label\": K}} ({err})") from err
+
+
+@negation_app.command("build")
+def build(
+    model: str = typer.Option(..., "--model", help="The model whose VAE encodes the images: a bundled name, a "
+                              "local diffusers folder, or a hub id."),
+    images: Path = typer.Option(..., "--images", help="A folder of images (searched recursively)."),
+    out: Path = typer.Option(..., "--out", help="The negation set to write (.safetensors)."),
+    class_label: Optional[int] = typer.Option(None, "--class-label", help="The class all images belong to "
+                                              "(bundled class models): recorded as negated_class."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Images per VAE call."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Encode a folder of images into a negation set; files that are not images are listed and skipped."""
+    import torch
+
+    from safedenoiser.generation import model_id, load_pipeline
+    from safedenoiser.negation import NegationSet
+
+    if out.exists() and not overwrite:
+        raise SafeDenoiserError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
+    if out.suffix != ".safetensors":
+        raise SafeDenoiserError(f"--out should end in .safetensors (got {out.name})")
+    if batch_size < 1:
+        raise SafeDenoiserError(f"--batch-size must be at least 1 (got {batch_size})")
+    good, bad = scan_images(images)
+    for path, reason in bad:
+        typer.secho(f"skipped {path}: {reason}", fg="yellow", err=True)
+    if not good:
+        raise SafeDenoiserError(f"no readable images in {images}" + (f" ({len(bad)} file(s) skipped)" if bad else ""))
+    folder_class = recorded_class(images)
+    if class_label is not None and folder_class is not None and class_label != folder_class:
+        raise SafeDenoiserError(f"--class-label {class_label} contradicts {images / CLASS_FILE} "
+                                f"(class {folder_class})")
+    negated_class = class_label if class_label is not None else folder_class
+    if negated_class is not None and negated_class < 0:
+        raise SafeDenoiserError(f"--class-label must be a class index (got {negated_class})")
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = load_pipeline(model, device, torch.float32)
+    neg = NegationSet.from_images(pipe, good, batch_size=batch_size, progress=not quiet)
+    neg.metadata.update(model=model_id(model), source_dir=str(images.resolve()), n_images=str(len(good)))
+    if negated_class is not None:
+        neg.metadata["negated_class"] = str(negated_class)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    neg.save(tmp)
+    os.replace(tmp, out)
+    typer.echo(f"{out}: {len(neg)} image(s), latents {tuple(neg.sample_shape)}, fingerprint {neg.fingerprint}"
+               + (f", negated_class {negated_class}" if negated_class is not None else "")
+               + (f"; {len(bad)} file(s) skipped" if bad else ""))

@@ -1,0 +1,301 @@
+"""`safe-denoiser generate` and `negation build` on a tiny random-weight Stable Diffusion folder.
+
+The pipeline (conftest's: 4x8x8 latents, 16x16 images, a one-layer CLIP text encoder over a
+character vocabulary) is saved with `save_pretrained` and loaded by path, as a user's own
+diffusers folder would be. Nothing is downloaded. Commands run through
+`safedenoiser.cli.main`, so exit code 2 is the one users see.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from safedenoiser.cli import main
+from safedenoiser.generation import MANIFEST_FILE, generate, read_manifest
+from safedenoiser.negation import NegationSet
+
+STEPS = "2"
+MANIFEST_KEYS = {"file", "index", "prompt", "label", "seed", "guidance", "steps", "method", "model",
+                 "negation", "preset"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convolutions run 10-30x slower with 2 threads on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model(sd_components, tmp_path_factory) -> str:
+    """The tiny Stable Diffusion pipeline of conftest, saved as a user's diffusers folder."""
+    from diffusers import StableDiffusionPipeline
+
+    folder = tmp_path_factory.mktemp("tiny-sd") / "pipe"
+    StableDiffusionPipeline(**sd_components, requires_safety_checker=False).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def negation_images(tmp_path_factory) -> Path:
+    """Three 16x16 images, a text file and a broken PNG: the last two are skipped."""
+    folder = tmp_path_factory.mktemp("negation-images")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def negation_file(model, negation_images, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("negation") / "set.safetensors"
+    code, _, err = _run(["negation", "build", "--model", model, "--images", str(negation_images),
+                         "--out", str(out), "--class-label", "3", "--device", "cpu"])
+    assert code == 0, err
+    return out
+
+
+def _run(args: list[str]) -> tuple[int, str, str]:
+    """Run `safe-denoiser ARGS` through `main`; (exit code, stdout, stderr)."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.argv
+    sys.argv = ["safe-denoiser", *args]
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        sys.argv = saved
+    return code, out.getvalue(), err.getvalue()
+
+
+def _gen(model: str, out: Path, *extra: str) -> tuple[int, str, str]:
+    return _run(["generate", "--model", model, "--out", str(out), "--steps", STEPS, "--device", "cpu", *extra])
+
+
+def _manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / MANIFEST_FILE).read_text().splitlines()]
+
+
+# --------------------------------------------------------------------------- round trips
+def test_vanilla_run_writes_one_png_and_one_manifest_line_per_image(model, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a sneaker/../../etc\na red dress\n")
+    code, stdout, err = _gen(model, tmp_path / "out", "--prompts", str(prompts), "--n-per-prompt", "2",
+                             "--seed", "10", "--guidance", "3.0", "--batch-size", "3")
+    assert code == 0, err
+    records = _manifest(tmp_path / "out")
+    assert [r["prompt"] for r in records] == ["a sneaker/../../etc"] * 2 + ["a red dress"] * 2
+    assert [r["seed"] for r in records] == [10, 11, 12, 13]
+    assert [r["source_line"] for r in records] == [1, 1, 2, 2]
+    for r in records:
+        assert MANIFEST_KEYS <= set(r) and "negated_class" not in r
+        assert (r["method"], r["negation"], r["preset"], r["label"]) == ("vanilla", None, None, None)
+        assert (r["model"], r["steps"], r["guidance"]) == (str(Path(model).resolve()), 2, 3.0)
+        assert r["file"].startswith("images/") and "sneaker" not in r["file"] and "dress" not in r["file"]
+        assert Image.open(tmp_path / "out" / r["file"]).size == (16, 16)
+    assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == sorted(
+        Path(r["file"]).name for r in records)
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["settings"]["method"] == "vanilla"
+    assert "4 image(s) written, 0 already there" in stdout
+
+
+def test_negation_build_skips_non_images_and_records_the_class(negation_file, negation_images):
+    neg = NegationSet.load(negation_file)
+    assert len(neg) == 3 and neg.sample_shape == (4, 8, 8)
+    assert neg.metadata["negated_class"] == "3"
+    assert neg.metadata["source_dir"] == str(negation_images.resolve())
+
+
+def test_negation_build_lists_skipped_files_and_refuses_to_overwrite(model, negation_images, tmp_path):
+    out = tmp_path / "set.safetensors"
+    args = ["negation", "build", "--model", model, "--images", str(negation_images), "--out", str(out), "-q"]
+    code, _, err = _run(args)
+    assert code == 0
+    assert "skipped" in err and "notes.txt" in err and "broken.png" in err
+    code, _, err = _run(args)
+    assert code == 2 and "exists; pass --overwrite" in err
+    assert _run(args + ["--overwrite"])[0] == 0
+
+
+def test_safe_run_records_the_set_and_uses_the_vanilla_seeds(model, negation_file, tmp_path):
+    args = ["--prompt", "a bag", "--n", "3", "--seed", "5"]
+    assert _gen(model, tmp_path / "vanilla", *args)[0] == 0
+    code, _, err = _gen(model, tmp_path / "safe", *args, "--negation", str(negation_file))
+    assert code == 0, err
+    vanilla, safe = _manifest(tmp_path / "vanilla"), _manifest(tmp_path / "safe")
+    fingerprint = NegationSet.load(negation_file).fingerprint
+    assert [r["seed"] for r in safe] == [r["seed"] for r in vanilla] == [5, 6, 7]
+    assert [r["file"] for r in safe] == [r["file"] for r in vanilla]
+    for r in safe:
+        assert (r["method"], r["negation"], r["negated_class"], r["preset"]) == ("safe", fingerprint, 3, None)
+
+
+def test_csv_rows_bring_their_own_seed_and_guidance(model, tmp_path):
+    csv = tmp_path / "unlearndiffatk.csv"
+    csv.write_text("case_number,prompt,evaluation_seed,evaluation_guidance\n0,first,2734,6.0\n1,second,,\n")
+    code, _, err = _gen(model, tmp_path / "out", "--prompts", str(csv), "--seed", "100", "--guidance", "2.0")
+    assert code == 0, err
+    records = _manifest(tmp_path / "out")
+    assert [(r["prompt"], r["seed"], r["guidance"]) for r in records] == [("first", 2734, 6.0),
+                                                                          ("second", 101, 2.0)]
+
+
+def test_batch_size_does_not_change_the_images(model, tmp_path):
+    args = ["--prompt", "a coat", "--n", "3", "--seed", "1"]
+    assert _gen(model, tmp_path / "b1", *args, "--batch-size", "1")[0] == 0
+    assert _gen(model, tmp_path / "b3", *args, "--batch-size", "3")[0] == 0
+    for a, b in zip(_manifest(tmp_path / "b1"), _manifest(tmp_path / "b3")):
+        pixels_a = np.asarray(Image.open(tmp_path / "b1" / a["file"]), dtype=int)
+        pixels_b = np.asarray(Image.open(tmp_path / "b3" / b["file"]), dtype=int)
+        assert np.abs(pixels_a - pixels_b).max() <= 1  # uint8 rounding of float noise at most
+
+
+# --------------------------------------------------------------------------- resume
+def test_rerun_resumes_and_leaves_finished_images_untouched(model, tmp_path):
+    out = tmp_path / "out"
+    assert _gen(model, out, "--prompt", "a shirt", "--n", "2")[0] == 0
+    first = {r["file"]: os.stat(out / r["file"]).st_mtime_ns for r in _manifest(out)}
+    time.sleep(0.01)
+    code, stdout, _ = _gen(model, out, "--prompt", "a shirt", "--n", "4")  # growing --n extends the run
+    assert code == 0 and "2 image(s) written, 2 already there, 4 in the run" in stdout
+    records = _manifest(out)
+    assert [r["index"] for r in records] == [0, 1, 2, 3]
+    assert {f: os.stat(out / f).st_mtime_ns for f in first} == first
+    code, stdout, _ = _gen(model, out, "--prompt", "a shirt", "--n", "4")
+    assert "0 image(s) written, 4 already there" in stdout
+
+
+def test_resume_after_a_kill_repairs_the_folder(model, tmp_path):
+    """Leftovers of a kill at each moment: a half-written temp PNG, an image without its line, a
+    line without its image, a torn last line. The resumed run ends with every image exactly once."""
+    out = tmp_path / "out"
+    args = ["--prompt", "a sandal", "--n", "4"]
+    assert _gen(model, out, *args)[0] == 0
+    records = _manifest(out)
+    (out / records[0]["file"]).unlink()  # a line whose image is gone
+    (out / (records[1]["file"] + ".tmp")).write_bytes(b"\x89PNG half")  # killed while writing a PNG
+    lines = (out / MANIFEST_FILE).read_text().splitlines(keepends=True)
+    torn = lines[3][: len(lines[3]) // 2]  # killed while appending image 3's line
+    (out / MANIFEST_FILE).write_text(lines[0] + lines[1] + torn)  # image 2: file but no line
+    code, stdout, err = _gen(model, out, *args)
+    assert code == 0, err
+    assert "3 image(s) written, 1 already there" in stdout
+    final = _manifest(out)
+    assert sorted(r["index"] for r in final) == [0, 1, 2, 3]
+    assert sorted(r["file"] for r in final) == sorted(r["file"] for r in records)
+    assert all((out / r["file"]).is_file() for r in final)
+    assert not list((out / "images").glob("*.tmp"))
+    assert read_manifest(out) == final
+
+
+def test_a_killed_process_leaves_a_folder_that_resumes(model, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "safedenoiser.cli", "generate", "--model", model, "--out", str(out),
+           "--prompt", "a boot", "--n", "40", "--batch-size", "1", "--steps", "6", "--device", "cpu", "-q"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        manifest = out / MANIFEST_FILE
+        if manifest.exists() and manifest.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(read_manifest(out))
+    assert 0 < done_before < 40
+    result = generate(out, model=model, prompts=["a boot"], n=40, steps=6, device="cpu", progress=False)
+    assert result.skipped == done_before and result.generated == 40 - done_before
+    final = _manifest(out)
+    assert sorted(r["index"] for r in final) == list(range(40))
+    assert len(list((out / "images").iterdir())) == 40
+
+
+# --------------------------------------------------------------------------- refusals
+def test_a_different_run_is_refused_without_overwrite(model, tmp_path):
+    out = tmp_path / "out"
+    assert _gen(model, out, "--prompt", "a top", "--n", "2", "--seed", "0")[0] == 0
+    code, _, err = _gen(model, out, "--prompt", "a top", "--n", "2", "--seed", "1")
+    assert code == 2 and "holds a different run" in err and "seed: 0 there, 1 now" in err
+    assert [r["seed"] for r in _manifest(out)] == [0, 1]
+    code, _, err = _gen(model, out, "--prompt", "a top", "--n", "2", "--seed", "7", "--overwrite")
+    assert code == 0, err
+    assert [r["seed"] for r in _manifest(out)] == [7, 8]
+    assert len(list((out / "images").iterdir())) == 2
+
+
+def test_a_folder_with_images_but_no_run_file_is_refused(model, tmp_path):
+    (tmp_path / "out" / "images").mkdir(parents=True)
+    (tmp_path / "out" / "images" / "photo.png").write_bytes(b"x")
+    code, _, err = _gen(model, tmp_path / "out", "--prompt", "a top", "--n", "1")
+    assert code == 2 and "no run.json" in err
+
+
+@pytest.fixture(scope="module")
+def wrong_shape_set(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("wrong") / "wrong.safetensors"
+    NegationSet.from_latents(torch.randn(2, 4, 4, 4)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompts", "MISSING.txt"], "does not exist"),
+    (["--prompt", "a", "--prompts", "p.txt"], "not both"),
+    ([], "give --prompt P or --prompts FILE"),
+    (["--prompt", "a", "--label", "3"], "--label applies to class-conditional"),
+    (["--prompt", "a", "--n", "2", "--n-per-prompt", "2"], "--n or --n-per-prompt, not both"),
+    (["--prompt", "a", "--preset", "sd14-nudity"], "give --negation FILE too"),
+    (["--prompt", "a", "--negation", "WRONG"], "negation latents have shape (4, 4, 4)"),
+    (["--prompt", "a", "--negation", "MISSING.safetensors"], "does not exist"),
+    (["--prompt", "a", "--device", "tpu"], "--device must be cpu or cuda"),
+])
+def test_bad_input_exits_2_with_a_message(model, wrong_shape_set, tmp_path, args, message):
+    args = [str(wrong_shape_set) if a == "WRONG" else str(tmp_path / a) if a.startswith("MISSING") else a
+            for a in args]
+    code, _, err = _gen(model, tmp_path / "out", *args)
+    assert code == 2
+    assert "error:" in err and message in err
+    assert not (tmp_path / "out" / MANIFEST_FILE).exists()
+
+
+def test_an_unknown_model_exits_2(tmp_path):
+    code, _, err = _gen("no-such-model", tmp_path / "out", "--prompt", "a")
+    assert code == 2 and "unknown model 'no-such-model'" in err
+
+
+def test_negation_build_without_images_exits_2(model, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.md").write_text("no images here")
+    code, _, err = _run(["negation", "build", "--model", model, "--images", str(tmp_path / "empty"),
+                         "--out", str(tmp_path / "set.safetensors")])
+    assert code == 2 and "no readable images" in err and "readme.md" in err
+    assert not (tmp_path / "set.safetensors").exists()
+
+
+def test_python_m_entry_point_exits_2_on_bad_input(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "safedenoiser.cli", "generate", "--model", "fashion-text",
+                           "--prompts", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "error: prompt file" in proc.stderr and "Traceback" not in proc.stderr
