@@ -4,7 +4,7 @@ import sys
 
 import typer
 
-from safedenoiser.cli import toy  # noqa: F401  (registers its commands on `app`)
+from safedenoiser.cli import generate, negation, toy  # noqa: F401  (register their commands on `app`)
 from safedenoiser.cli.app import app
 from safedenoiser.errors import SafeDenoiserError
 
