@@ -151,6 +151,15 @@ def test_safe_run_records_the_set_and_uses_the_vanilla_seeds(model, negation_fil
         assert (r["method"], r["negation"], r["negated_class"], r["preset"]) == ("safe", fingerprint, 3, None)
 
 
+def test_a_preset_is_recorded_in_the_manifest_and_the_run(model, negation_file, tmp_path):
+    code, _, err = _gen(model, tmp_path / "out", "--prompt", "a bag", "--n", "1", "--negation", str(negation_file),
+                        "--preset", "sd14-nudity")
+    assert code == 0, err
+    assert [(r["method"], r["preset"]) for r in _manifest(tmp_path / "out")] == [("safe", "sd14-nudity")]
+    code, _, err = _gen(model, tmp_path / "out", "--prompt", "a bag", "--n", "1", "--negation", str(negation_file))
+    assert code == 2 and "preset: 'sd14-nudity' there, None now" in err
+
+
 def test_csv_rows_bring_their_own_seed_and_guidance(model, tmp_path):
     csv = tmp_path / "unlearndiffatk.csv"
     csv.write_text("case_number,prompt,evaluation_seed,evaluation_guidance\n0,first,2734,6.0\n1,second,,\n")
@@ -269,10 +278,11 @@ def wrong_shape_set(tmp_path_factory) -> Path:
     (["--prompt", "a", "--negation", "WRONG"], "negation latents have shape (4, 4, 4)"),
     (["--prompt", "a", "--negation", "MISSING.safetensors"], "does not exist"),
     (["--prompt", "a", "--device", "tpu"], "--device must be cpu or cuda"),
+    (["--prompt", "a", "--negation", "SET", "--preset", "sd99"], "unknown preset 'sd99'"),
 ])
-def test_bad_input_exits_2_with_a_message(model, wrong_shape_set, tmp_path, args, message):
-    args = [str(wrong_shape_set) if a == "WRONG" else str(tmp_path / a) if a.startswith("MISSING") else a
-            for a in args]
+def test_bad_input_exits_2_with_a_message(model, wrong_shape_set, negation_file, tmp_path, args, message):
+    files = {"WRONG": str(wrong_shape_set), "SET": str(negation_file)}
+    args = [files.get(a) or (str(tmp_path / a) if a.startswith("MISSING") else a) for a in args]
     code, _, err = _gen(model, tmp_path / "out", *args)
     assert code == 2
     assert "error:" in err and message in err
@@ -282,6 +292,12 @@ def test_bad_input_exits_2_with_a_message(model, wrong_shape_set, tmp_path, args
 def test_an_unknown_model_exits_2(tmp_path):
     code, _, err = _gen("no-such-model", tmp_path / "out", "--prompt", "a")
     assert code == 2 and "unknown model 'no-such-model'" in err
+
+
+def test_negation_build_refuses_a_class_the_model_does_not_have(class_model, negation_images, tmp_path):
+    code, _, err = _run(["negation", "build", "--model", class_model, "--images", str(negation_images),
+                         "--out", str(tmp_path / "set.safetensors"), "--class-label", "10", "-q"])
+    assert code == 2 and "--class-label 10 is not a class" in err
 
 
 def test_negation_build_without_images_exits_2(model, tmp_path):
@@ -299,3 +315,42 @@ def test_python_m_entry_point_exits_2_on_bad_input(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "error: prompt file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- class-conditional models
+@pytest.fixture(scope="module")
+def class_model(tmp_path_factory) -> str:
+    """A tiny random-weight `FashionClassPipeline` (10 classes + null class 10) saved as a folder."""
+    from diffusers import DDIMScheduler, UNet2DModel
+
+    from conftest import SD_SCHEDULER, tiny_vae
+    from safedenoiser.models.class_pipeline import FashionClassPipeline
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
+                       out_channels=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4, num_class_embeds=11)
+    folder = tmp_path_factory.mktemp("tiny-class") / "pipe"
+    FashionClassPipeline(unet=unet, vae=tiny_vae(), scheduler=DDIMScheduler(**SD_SCHEDULER)).save_pretrained(folder)
+    return str(folder)
+
+
+def test_class_model_makes_n_images_of_a_label_or_unconditional(class_model, tmp_path):
+    code, _, err = _gen(class_model, tmp_path / "k3", "--label", "3", "--n", "2", "--guidance", "2.0")
+    assert code == 0, err
+    assert [(r["label"], r["prompt"], r["seed"], r["guidance"]) for r in _manifest(tmp_path / "k3")] == [
+        (3, None, 0, 2.0), (3, None, 1, 2.0)]
+    code, _, err = _gen(class_model, tmp_path / "uncond", "--label", "none", "--n", "1")
+    assert code == 0, err
+    assert [r["label"] for r in _manifest(tmp_path / "uncond")] == [None]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--label", "10", "--n", "1"], "--label 10 is not a class"),
+    (["--label", "shoe", "--n", "1"], "--label must be a class index or 'none'"),
+    (["--prompt", "a shoe", "--n", "1"], "takes no prompts"),
+    (["--n", "1"], "give --label K (a class index) or --label none"),
+])
+def test_class_model_bad_input_exits_2(class_model, tmp_path, args, message):
+    code, _, err = _gen(class_model, tmp_path / "out", *args)
+    assert code == 2 and message in err

@@ -173,8 +173,8 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     """Generate a run's images into ``out_dir`` (see the module docstring), resuming what is there.
 
     ``model`` is a bundled name, a local diffusers folder or a hub id; pass ``pipe`` to reuse a
-    loaded pipeline (``model`` then only names it in the records). ``label`` is for class models
-    (``None`` or ``"none"``: unconditional). ``negation`` (a set or its file) makes the run safe,
+    loaded pipeline (``model`` then only names it in the records). ``label`` is for class models:
+    a class index, or ``"none"`` for unconditional samples. ``negation`` (a set or its file) makes the run safe,
     with ``preset`` selecting the paper's rule. Raises `SafeDenoiserError` for bad input, a
     different run in ``out_dir`` (unless ``overwrite``) or a negation set that does not fit the model.
     """
@@ -189,7 +189,7 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         raise SafeDenoiserError(f"--steps must be at least 1 (got {steps})")
     if preset is not None and negation is None:
         raise SafeDenoiserError("--preset selects how a negation set is used; give --negation FILE too")
-    label = parse_label(label)
+    label_given, label = label is not None, parse_label(label)
     neg = NegationSet.load(negation) if isinstance(negation, (str, Path)) else negation
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype not in DTYPES:
@@ -198,6 +198,9 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     if pipe is None:
         pipe = load_pipeline(model, device, DTYPES[dtype])
     kind = pipeline_kind(pipe)
+    if kind == "class" and not label_given and rows is None:
+        raise SafeDenoiserError(f"{model} is a class-conditional model: give --label K (a class index) or "
+                                "--label none (unconditional)")
     _check_conditioning(kind, rows, label, pipe, model)
     steps = steps if steps is not None else _model_default(model, "steps", DEFAULT_STEPS)
     default_guidance = guidance if guidance is not None else _model_default(model, "guidance", DEFAULT_GUIDANCE)
@@ -292,7 +295,7 @@ def _takes(pipe, name: str) -> bool:
     return name in inspect.signature(pipe.__call__).parameters
 
 
-def _num_classes(pipe) -> int | None:
+def num_classes(pipe) -> int | None:
     """How many classes a class-conditional pipeline has (its null class is the next index)."""
     for name in ("num_classes", "null_class"):
         value = getattr(pipe, name, None)
@@ -314,7 +317,7 @@ def _check_conditioning(kind: str, rows, label, pipe, model: str) -> None:
     if kind == "unconditional" and label is not None:
         raise SafeDenoiserError(f"{model} is an unconditional model; it takes no --label")
     if label is not None:
-        classes = _num_classes(pipe)
+        classes = num_classes(pipe)
         if label < 0 or (classes is not None and label >= classes):
             top = f" 0..{classes - 1}" if classes is not None else " non-negative"
             raise SafeDenoiserError(f"--label {label} is not a class of {model}; use{top} or 'none'")

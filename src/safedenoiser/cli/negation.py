@@ -52,6 +52,16 @@ def recorded_class(folder: Path) -> int | None:
         raise SafeDenoiserError(f"{path} should hold {{\"class_label\": K}} ({err})") from err
 
 
+def _class_count(model: str, pipe) -> int | None:
+    """Classes of a class-conditional pipeline, or of a bundled Fashion-MNIST model; else unknown."""
+    from safedenoiser.generation import num_classes
+    from safedenoiser.models.data import CLASS_NAMES
+    from safedenoiser.models.registry import BUNDLED
+
+    count = num_classes(pipe)
+    return count if count is not None else (len(CLASS_NAMES) if model in BUNDLED else None)
+
+
 @negation_app.command("build")
 def build(
     model: str = typer.Option(..., "--model", help="The model whose VAE encodes the images: a bundled name, a "
@@ -92,6 +102,9 @@ def build(
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(model, device, torch.float32)
+    classes = _class_count(model, pipe)
+    if negated_class is not None and classes is not None and negated_class >= classes:
+        raise SafeDenoiserError(f"--class-label {negated_class} is not a class of {model}; use 0..{classes - 1}")
     neg = NegationSet.from_images(pipe, good, batch_size=batch_size, progress=not quiet)
     neg.metadata.update(model=model_id(model), source_dir=str(images.resolve()), n_images=str(len(good)))
     if negated_class is not None:
