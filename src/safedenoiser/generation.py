@@ -119,13 +119,7 @@ def plan_jobs(kind: str, *, prompts: Sequence[PromptRow] | None = None, label: i
     row's ``evaluation_seed + k`` for its ``k``-th repeat; its guidance is the row's
     ``evaluation_guidance`` when present, else ``guidance``.
     """
-    if n is not None and n_per_prompt is not None:
-        raise SafeDenoiserError("give --n or --n-per-prompt, not both")
-    for name, value in (("--n", n), ("--n-per-prompt", n_per_prompt)):
-        if value is not None and value < 1:
-            raise SafeDenoiserError(f"{name} must be at least 1 (got {value})")
-    if seed < 0:
-        raise SafeDenoiserError(f"--seed must be non-negative (got {seed})")
+    _check_counts(n, n_per_prompt, seed)
     if kind != "text":
         count = n if n is not None else (n_per_prompt if n_per_prompt is not None else 1)
         return [ImageJob(i, None, label, seed + i, guidance) for i in range(count)]
@@ -139,6 +133,16 @@ def plan_jobs(kind: str, *, prompts: Sequence[PromptRow] | None = None, label: i
                      (row.seed + k) if row.seed is not None else seed + i,
                      row.guidance if row.guidance is not None else guidance, row.line)
             for i, (row, k) in enumerate(pairs)]
+
+
+def _check_counts(n: int | None, n_per_prompt: int | None, seed: int) -> None:
+    if n is not None and n_per_prompt is not None:
+        raise SafeDenoiserError("give --n or --n-per-prompt, not both")
+    for name, value in (("--n", n), ("--n-per-prompt", n_per_prompt)):
+        if value is not None and value < 1:
+            raise SafeDenoiserError(f"{name} must be at least 1 (got {value})")
+    if seed < 0:
+        raise SafeDenoiserError(f"--seed must be non-negative (got {seed})")
 
 
 def pipeline_kind(pipe) -> str:
@@ -174,8 +178,8 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
 
     ``model`` is a bundled name, a local diffusers folder or a hub id; pass ``pipe`` to reuse a
     loaded pipeline (``model`` then only names it in the records). ``label`` is for class models:
-    a class index, or ``"none"`` for unconditional samples. ``negation`` (a set or its file) makes the run safe,
-    with ``preset`` selecting the paper's rule. Raises `SafeDenoiserError` for bad input, a
+    a class index, or ``"none"`` for unconditional samples. ``negation`` (a set or its file) makes
+    the run safe, with ``preset`` selecting the paper's rule. Raises `SafeDenoiserError` for bad input, a
     different run in ``out_dir`` (unless ``overwrite``) or a negation set that does not fit the model.
     """
     out_dir = Path(out_dir)
@@ -183,6 +187,7 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
                                          for i, p in enumerate(prompts)]
     if rows is not None and not rows:
         raise SafeDenoiserError("no prompts given")
+    _check_counts(n, n_per_prompt, seed)
     if batch_size < 1:
         raise SafeDenoiserError(f"--batch-size must be at least 1 (got {batch_size})")
     if steps is not None and steps < 1:
@@ -197,6 +202,7 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     model_name = model_id(model)
     if pipe is None:
         pipe = load_pipeline(model, device, DTYPES[dtype])
+        pipe.set_progress_bar_config(disable=True)  # ours counts images
     kind = pipeline_kind(pipe)
     if kind == "class" and not label_given and rows is None:
         raise SafeDenoiserError(f"{model} is a class-conditional model: give --label K (a class index) or "
@@ -212,7 +218,8 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     settings = {
         "format": RUN_FORMAT, "model": model_name, "kind": kind, "method": method,
         "negation": neg.fingerprint if neg is not None else None, "preset": preset,
-        "negated_class": negated_class, "steps": steps, "guidance": default_guidance if kind != "unconditional" else None,
+        "negated_class": negated_class, "steps": steps,
+        "guidance": default_guidance if kind != "unconditional" else None,
         "seed": seed, "label": label, "n_per_prompt": n_per_prompt,
         "prompts_sha256": _prompts_digest(rows),
     }
@@ -229,8 +236,6 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     if not pending:
         return result
 
-    if hasattr(pipe, "set_progress_bar_config"):
-        pipe.set_progress_bar_config(disable=True)
     _write_json_atomic(out_dir / RUN_FILE, {"settings": settings, "recorded": {
         "model_arg": str(model), "device": device, "dtype": dtype, "batch_size": batch_size,
         "argv": sys.argv}})
