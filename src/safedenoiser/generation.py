@@ -220,7 +220,7 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         "negation": neg.fingerprint if neg is not None else None, "preset": preset,
         "negated_class": negated_class, "steps": steps,
         "guidance": default_guidance if kind != "unconditional" else None,
-        "seed": seed, "label": label, "n_per_prompt": n_per_prompt,
+        "seed": seed, "label": label, "n_per_prompt": n_per_prompt or (1 if n is None else None),
         "prompts_sha256": _prompts_digest(rows),
     }
     safe = None
