@@ -1,0 +1,200 @@
+"""Safe sampling inside any diffusers pipeline: wrap ``pipe.scheduler.step`` (DESIGN §5).
+
+This is the edge where a scheduler's model output becomes the denoised estimate ``x0`` and back
+(STYLE: k-diffusion's ``external.py``). At every ``step(model_output, timestep, sample)`` call:
+
+1. read the noise level of ``sample`` off the scheduler: ``sample = alpha x0 + sigma eps``;
+2. ``x0_hat = to_x0(model_output)`` with the scheduler's prediction type;
+3. ``SafeDenoiser.correct(sample, alpha, sigma, x0_hat)``;
+4. nothing acted: the original ``step`` with the original arguments (bit-identical to vanilla);
+   identity (default): the model output of the acted samples replaced by ``from_x0(x0_safe)``;
+   paper rule: the acted samples re-noised, ``alpha x0_safe + sigma z``, then the original step.
+
+Any loop that calls ``pipe.scheduler.step`` is covered: every diffusers pipeline with a supported
+scheduler, and a user's own loop over ``pipe.scheduler`` and ``pipe.unet``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from safedenoiser.core.parametrization import from_x0, to_x0
+from safedenoiser.errors import SafeDenoiserError
+from safedenoiser.integrations.encode import vae_fingerprint
+from safedenoiser.negation import NegationSet
+
+# How each scheduler family defines the noise level of the ``sample`` it is handed.
+VP_DISCRETE = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler")  # alphas_cumprod[t]
+VP_SIGMAS = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+             "UniPCMultistepScheduler", "DEISMultistepScheduler")  # own sigmas -> _sigma_to_alpha_sigma_t
+SIGMA_SPACE = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler")
+FLOW = ("FlowMatchEulerDiscreteScheduler",)
+SUPPORTED = VP_DISCRETE + VP_SIGMAS + SIGMA_SPACE + FLOW
+
+# diffusers' names for a model's parametrisation -> ours (core.parametrization).
+PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample",
+               "original_sample": "sample", "flow_prediction": "flow"}
+
+
+def scheduler_kind(scheduler) -> str:
+    """``"vp"``, ``"vp_sigmas"``, ``"sigma"`` or ``"flow"`` (by class, subclasses included); refuses others."""
+    families = {"vp": VP_DISCRETE, "vp_sigmas": VP_SIGMAS, "sigma": SIGMA_SPACE, "flow": FLOW}
+    for cls in type(scheduler).__mro__:
+        for kind, names in families.items():
+            if cls.__name__ in names:
+                return kind
+    raise SafeDenoiserError(
+        f"attach() does not support the scheduler {type(scheduler).__name__}: it cannot tell the noise "
+        f"level of the sample it steps. Switch to a supported one ({', '.join(SUPPORTED)}), e.g. "
+        "`pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)`")
+
+
+def scheduler_prediction(scheduler) -> str:
+    """The model parametrisation the scheduler expects, in our names; refuses unknown ones."""
+    if scheduler_kind(scheduler) == "flow":
+        return "flow"
+    config = getattr(scheduler, "config", None)
+    name = getattr(config, "prediction_type", None) if config is not None else None
+    if name not in PREDICTIONS:
+        raise SafeDenoiserError(
+            f"attach() does not know the prediction type {name!r} of {type(scheduler).__name__}; "
+            f"supported: {', '.join(sorted(PREDICTIONS))}. Set the scheduler's prediction_type to what the "
+            "model was trained with")
+    return PREDICTIONS[name]
+
+
+def noise_level(scheduler, timestep) -> tuple[float, float, float]:
+    """``(alpha, sigma, scale)`` of the sample handed to ``scheduler.step`` at ``timestep``.
+
+    ``sample = alpha x0 + sigma eps``. ``scale`` maps the sample into the coordinates the model's
+    output is defined in (``scale * sample`` is the model input): 1, except for sigma-space
+    schedulers (Euler, LMS), whose model sees ``sample / sqrt(sigma^2 + 1)``.
+    """
+    kind = scheduler_kind(scheduler)
+    if kind == "vp":
+        acp = float(scheduler.alphas_cumprod[int(timestep)])
+        return math.sqrt(acp), math.sqrt(1.0 - acp), 1.0
+    if scheduler.step_index is None:
+        scheduler._init_step_index(timestep)  # exactly what step() does first
+    sigma = scheduler.sigmas[scheduler.step_index]
+    if kind == "vp_sigmas":
+        alpha_t, sigma_t = scheduler._sigma_to_alpha_sigma_t(torch.as_tensor(sigma, dtype=torch.float64))
+        return float(alpha_t), float(sigma_t), 1.0
+    sigma = float(sigma)
+    if kind == "sigma":
+        return 1.0, sigma, 1.0 / math.sqrt(sigma * sigma + 1.0)
+    return 1.0 - sigma, sigma, 1.0  # flow matching: x_t = (1 - t) x0 + t eps
+
+
+def latent_channels(pipe) -> int | None:
+    """Channels of the tensors the pipeline's scheduler steps, where the pipeline says."""
+    vae = getattr(pipe, "vae", None)
+    if vae is not None and hasattr(vae, "config") and "latent_channels" in vae.config:
+        return int(vae.config.latent_channels)
+    for name in ("unet", "transformer"):
+        model = getattr(pipe, name, None)
+        if vae is None and model is not None and hasattr(model, "config") and "in_channels" in model.config:
+            return int(model.config.in_channels)
+    return None
+
+
+def check_negation(safe, pipe) -> None:
+    """Refuse a negation set that does not live in the space ``pipe`` denoises (before sampling)."""
+    negation = safe.negation
+    if not isinstance(negation, NegationSet):
+        return
+    channels = latent_channels(pipe)
+    if channels is not None and negation.sample_shape[0] != channels:
+        negation.check_compatible((channels, *negation.sample_shape[1:]))
+    if "encoder" in negation.metadata and hasattr(pipe, "scheduler"):
+        negation.check_compatible(negation.sample_shape, vae_fingerprint(pipe))
+
+
+def _split_variance(model_output: Tensor, sample: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Models with learned variance (DDPM ``learned_range``, DiT) output ``[eps, variance]``."""
+    if model_output.ndim >= 2 and model_output.shape[1] == 2 * sample.shape[1]:
+        return model_output[:, :sample.shape[1]], model_output[:, sample.shape[1]:]
+    return model_output, None
+
+
+def _safe_step(safe, scheduler, original):
+    """The replacement for ``scheduler.step``: correct the model output, then the original step."""
+    signature = inspect.signature(original)
+    prediction = scheduler_prediction(scheduler)
+
+    def step(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        model_output, timestep, sample = (bound.arguments[k] for k in ("model_output", "timestep", "sample"))
+        if safe.sample_shape is not None and tuple(sample.shape[1:]) != safe.sample_shape:
+            safe.negation.check_compatible(tuple(sample.shape[1:]))  # raises, before anything changed
+        output, variance = _split_variance(model_output, sample)
+        alpha, sigma, scale = noise_level(scheduler, timestep)
+        dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32  # kernel math >= float32
+        x = sample.to(dtype)
+        model_x, model_a, model_s = scale * x, scale * alpha, scale * sigma
+        x0_hat = to_x0(output.to(dtype), model_x, model_a, model_s, prediction)
+        corr = safe.correct(x, alpha, sigma, x0_hat)
+        safe.trace[-1].timestep = float(timestep)
+        if not bool(corr.acted.any()):
+            return original(*args, **kwargs)
+        mask = corr.acted.to(sample.device).reshape(-1, *([1] * (sample.ndim - 1)))
+        if corr.renoise:  # the authors' rule: re-noise x0_safe to this level, unchanged model output
+            noise = _randn(sample.shape, bound.arguments.get("generator"), sample.device, dtype)
+            renoised = alpha * corr.x0.to(dtype) + sigma * noise
+            bound.arguments["sample"] = torch.where(mask, renoised.to(sample.dtype), sample)
+        else:
+            safe_output = from_x0(corr.x0.to(dtype), model_x, model_a, model_s, prediction).to(output.dtype)
+            output = torch.where(mask, safe_output, output)
+            bound.arguments["model_output"] = output if variance is None else torch.cat([output, variance], 1)
+        return original(*bound.args, **bound.kwargs)
+
+    step.__wrapped__ = original
+    return step
+
+
+def _randn(shape, generator, device, dtype) -> Tensor:
+    from diffusers.utils.torch_utils import randn_tensor
+
+    return randn_tensor(tuple(shape), generator=generator, device=device, dtype=dtype)
+
+
+@contextmanager
+def attach(safe, pipe) -> Iterator[object]:
+    """Sample ``pipe`` with the safe denoiser: wraps ``pipe.scheduler.step`` for the ``with`` block.
+
+    ``pipe`` is any object with a ``scheduler`` (a diffusers pipeline, or a user's own holder), or a
+    scheduler itself. The scheduler's ``step`` and ``set_timesteps`` become instance attributes
+    for the block and are removed (or the previous ones restored) on exit, also on error.
+    ``set_timesteps`` starts a new ``safe.trace``. Refuses, before sampling, an unsupported
+    scheduler or prediction type and a negation set from another space (shape, channels, VAE).
+    """
+    scheduler = pipe.scheduler if hasattr(pipe, "scheduler") else pipe
+    if not hasattr(scheduler, "step"):
+        raise SafeDenoiserError(f"attach() needs a diffusers pipeline or scheduler, got {type(pipe).__name__}")
+    scheduler_prediction(scheduler)  # refuses unknown schedulers and prediction types
+    check_negation(safe, pipe)
+    saved = {name: scheduler.__dict__[name] for name in ("step", "set_timesteps") if name in scheduler.__dict__}
+    original_step, original_set_timesteps = scheduler.step, scheduler.set_timesteps
+
+    def set_timesteps(*args, **kwargs):
+        safe.trace = []
+        return original_set_timesteps(*args, **kwargs)
+
+    set_timesteps.__wrapped__ = original_set_timesteps
+    safe.trace = []
+    scheduler.step = _safe_step(safe, scheduler, original_step)
+    scheduler.set_timesteps = set_timesteps
+    try:
+        yield pipe
+    finally:
+        for name in ("step", "set_timesteps"):
+            if name in saved:
+                setattr(scheduler, name, saved[name])
+            else:
+                scheduler.__dict__.pop(name, None)
