@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,6 +132,18 @@ class NegationSet:
                 f"{fingerprint}); rebuild it with this model's VAE")
 
     # ----------------------------------------------------------------- the unsafe denoiser
+    def _noised_kernel(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, smoothing: float, with_mean: bool,
+                       chunk_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
+        batch = x_t.shape[0]
+        x = x_t.reshape(batch, -1)
+        y, y_sq = self.flat(x.device, x.dtype)
+        a = torch.as_tensor(alpha, dtype=x.dtype, device=x.device).expand(batch)
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(batch)
+        variance = s * s + (a * smoothing) ** 2
+        y_bar, log_density = gaussian_log_density(x, y, alpha=a, variance=variance, y_sqnorm=y_sq,
+                                                  chunk_size=chunk_size, with_mean=with_mean)
+        return x, a, s, y_bar, log_density
+
     def posterior(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, *, smoothing: float = 0.0,
                   chunk_size: int = DEFAULT_CHUNK) -> UnsafePosterior:
         """``D_unsafe(x_t)`` and ``log p_unsafe,t(x_t)`` of the set, optionally kernel-smoothed.
@@ -145,19 +156,13 @@ class NegationSet:
 
         ``h = 0`` is the exact posterior mean of the empirical distribution (DESIGN §1).
         """
-        batch = x_t.shape[0]
-        x = x_t.reshape(batch, -1)
-        y, y_sq = self.flat(x.device, x.dtype)
-        a = torch.as_tensor(alpha, dtype=x.dtype, device=x.device).expand(batch)
-        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(batch)
-        variance = s * s + (a * smoothing) ** 2
-        y_bar, log_density = gaussian_log_density(x, y, alpha=a, variance=variance, y_sqnorm=y_sq,
-                                                  chunk_size=chunk_size)
+        x, a, s, y_bar, log_density = self._noised_kernel(x_t, alpha, sigma, smoothing, True, chunk_size)
         if smoothing > 0:
+            variance = s * s + (a * smoothing) ** 2
             y_bar = ((s * s)[:, None] * y_bar + (a * smoothing ** 2)[:, None] * x) / variance[:, None]
         return UnsafePosterior(y_bar.reshape(x_t.shape), log_density)
 
-
-def log_mean_exp(values: Tensor, dim: int = -1) -> Tensor:
-    """``log(mean(exp(values)))`` along ``dim``, stably."""
-    return torch.logsumexp(values, dim) - math.log(values.shape[dim])
+    def log_density(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, *, smoothing: float = 0.0,
+                    chunk_size: int = DEFAULT_CHUNK) -> Tensor:
+        """``log p_t(x_t)`` [B] of the (smoothed) set noised to level t, without the posterior mean."""
+        return self._noised_kernel(x_t, alpha, sigma, smoothing, False, chunk_size)[-1]

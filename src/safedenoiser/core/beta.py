@@ -13,7 +13,7 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor
 
-from safedenoiser.core.kernels import gaussian_log_density, kernel_mean
+from safedenoiser.core.kernels import kernel_mean
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet, UnsafePosterior
 
@@ -45,6 +45,25 @@ class ConstantBeta:
         return torch.full((x_t.shape[0],), self.value, dtype=x_t.dtype, device=x_t.device)
 
 
+def clean_log_mass(x: Tensor, negation: NegationSet) -> Tensor:
+    """``log sum_n exp(-||x - y_n||^2 / (2 h^2))`` at noise level 0, ``h`` the set's bandwidth."""
+    x = x.reshape(x.shape[0], -1)
+    y, y_sq = negation.flat(x.device, x.dtype)
+    h2 = torch.full((x.shape[0],), 2 * negation.bandwidth ** 2, dtype=x.dtype, device=x.device)
+    return kernel_mean(x, y, scale=torch.ones_like(h2), bandwidth=h2, y_sqnorm=y_sq, with_mean=False)[1]
+
+
+def support_threshold(negation: NegationSet, quantile: float) -> tuple[float, float]:
+    """``tau``: the ``quantile`` of the leave-one-out clean log-mass over the set's own points, and
+    the spread ``median - tau`` (a scale for soft gates)."""
+    h = negation.bandwidth
+    y = negation.latents.reshape(len(negation), -1).double()[:2048]
+    sq = torch.cdist(y, y).square().fill_diagonal_(math.inf)
+    loo = torch.logsumexp(-sq / (2 * h * h), 1)
+    tau = float(torch.quantile(loo, quantile))
+    return tau, max(float(loo.median()) - tau, 1e-3)
+
+
 class KernelRatioBeta:
     """Density ratio of kernel estimates: negation set against a reference set of ordinary samples.
 
@@ -52,62 +71,42 @@ class KernelRatioBeta:
 
     Both densities are the sets' kernel estimates noised to level t (exact Gaussians in ``x_t``).
     The reference set stands for ``p`` itself (samples the model generated), so it contains unsafe
-    samples at rate ``b``. Deep inside the negated region ``p = b p_unsafe``, hence the prior
-    ``b = median_n p_ref(y_n) / p_unsafe(y_n)`` over the negation points (leave-one-out).
+    samples at rate ``b``: the share of reference samples inside the set's kernel support (clean
+    log-mass above its ``quantile`` over the set's own points), divided by ``1 - quantile``.
     """
 
     def __init__(self, negation: NegationSet, reference: Tensor | NegationSet, *,
-                 prior: float | None = None, smoothing: float | None = None):
+                 prior: float | None = None, smoothing: float | None = None, quantile: float = 0.05):
         self.reference = reference if isinstance(reference, NegationSet) else NegationSet(torch.as_tensor(reference).float())
         if self.reference.sample_shape != negation.sample_shape:
             raise SafeDenoiserError(f"reference samples have shape {self.reference.sample_shape}, the negation "
                                     f"set {negation.sample_shape}; both must live in the model's space")
         self.smoothing = negation.bandwidth if smoothing is None else smoothing
-        self.prior = estimate_prior(negation, self.reference, self.smoothing) if prior is None else prior
+        if prior is None:
+            tau, _ = support_threshold(negation, quantile)
+            inside = clean_log_mass(self.reference.latents.double(), negation.__class__(negation.latents.double(), bandwidth=negation.bandwidth)) >= tau
+            prior = min(max(float(inside.double().mean()) / (1 - quantile), 1.0 / len(self.reference)), 1.0)
+        self.prior = prior
 
     def __call__(self, x_t, alpha, sigma, x0_hat, unsafe):
-        log_ref = self.reference.posterior(x_t, alpha, sigma, smoothing=self.smoothing).log_density
-        log_beta = math.log(max(self.prior, 1e-300)) + unsafe.log_density - log_ref
+        log_ref = self.reference.log_density(x_t, alpha, sigma, smoothing=self.smoothing)
+        log_beta = math.log(self.prior) + unsafe.log_density - log_ref
         return log_beta.clamp(max=0.0).exp()
-
-
-def estimate_prior(negation: NegationSet, reference: NegationSet, smoothing: float) -> float:
-    """``b``: the median over negation points of ``p_ref(y_n) / p_unsafe(y_n)`` at t = 0, in [1/R, 1]."""
-    y = negation.latents.reshape(len(negation), -1).double()[:2048]
-    r = reference.latents.reshape(len(reference), -1).double()
-    var = torch.tensor(smoothing ** 2, dtype=torch.float64)
-    one = torch.ones(y.shape[0], dtype=torch.float64)
-    _, log_ref = gaussian_log_density(y, r, alpha=one, variance=var.expand(y.shape[0]))
-    sq = torch.cdist(y, y).square().fill_diagonal_(math.inf)
-    log_neg = (torch.logsumexp(-sq / (2 * var), 1) - math.log(max(y.shape[0] - 1, 1))
-               - 0.5 * y.shape[1] * torch.log(2 * math.pi * var))
-    ratio = float((log_ref - log_neg).median().exp())
-    return min(max(ratio, 1.0 / len(reference)), 1.0)
 
 
 class KernelGateBeta:
     """Reference-free: membership of the denoised estimate in the negation set's kernel support.
 
-        beta(x_t) = sigmoid( (log p_hat_unsafe(D(x_t)) - tau) / T )
+        beta(x_t) = sigmoid( (log m(D(x_t)) - tau) / T ),   m(x) = sum_n exp(-||x - y_n||^2 / (2 h^2))
 
-    ``p_hat_unsafe`` is the set's kernel density estimate (bandwidth calibrated on the set); ``tau``
-    is the ``quantile`` of its leave-one-out log-density over the set's own points and ``T`` a
-    tenth of the spread between the median and that quantile.
+    ``tau`` is the ``quantile`` of the leave-one-out log-mass over the set's own points and ``T`` a
+    tenth of the spread between their median and ``tau``.
     """
 
     def __init__(self, negation: NegationSet, *, quantile: float = 0.05):
         self.negation = negation
-        h = negation.bandwidth
-        y = negation.latents.reshape(len(negation), -1).double()[:2048]
-        sq = torch.cdist(y, y).square().fill_diagonal_(math.inf)
-        loo = torch.logsumexp(-sq / (2 * h * h), 1)
-        self.tau = float(torch.quantile(loo, quantile))
-        self.temperature = max(float(loo.median()) - self.tau, 1e-3) / 10
+        self.tau, spread = support_threshold(negation, quantile)
+        self.temperature = spread / 10
 
     def __call__(self, x_t, alpha, sigma, x0_hat, unsafe):
-        h = self.negation.bandwidth
-        x = x0_hat.reshape(x0_hat.shape[0], -1)
-        y, y_sq = self.negation.flat(x.device, x.dtype)
-        one = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-        _, log_mass = kernel_mean(x, y, scale=one, bandwidth=one * 2 * h * h, y_sqnorm=y_sq)
-        return torch.sigmoid((log_mass - self.tau) / self.temperature)
+        return torch.sigmoid((clean_log_mass(x0_hat, self.negation) - self.tau) / self.temperature)

@@ -1,0 +1,77 @@
+"""Run one toy method on a spec: what `safe-denoiser toy` and the estimator benchmark call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from safedenoiser.core.beta import ExactBeta
+from safedenoiser.core.safe_denoiser import SafeDenoiser
+from safedenoiser.errors import SafeDenoiserError
+from safedenoiser.negation import NegationSet
+from safedenoiser.toy.sampling import sample
+from safedenoiser.toy.spec import ToySpec
+
+Method = Literal["vanilla", "exact", "kernel"]
+METHODS = ("vanilla", "exact", "kernel")
+DEFAULT_ESTIMATOR = "ratio"
+REFERENCE_SAMPLES = 1000
+
+
+@dataclass
+class ToyRun:
+    samples: Tensor  # [n, dim]
+    trajectories: Tensor  # [steps, k, dim]: the first k samples' x_t along the way
+    beta_mean: Tensor  # [steps]: mean beta per step (0 for vanilla)
+    acted_share: Tensor  # [steps]
+    info: dict[str, float] = field(default_factory=dict)
+
+
+def make_denoiser(spec: ToySpec, method: Method, *, estimator: str = DEFAULT_ESTIMATOR,
+                  sampler: str = "dpm++", steps: int | None = None, seed: int = 0,
+                  max_weight: float | None = None) -> tuple[object, SafeDenoiser | None]:
+    """The denoiser for ``method``: the mixture's own ``D``, the exact safe one, or the kernel one.
+
+    ``kernel`` sees only what a user of a real model has: ``D`` (as a network) and the finite
+    negation set; the ``ratio`` estimator also draws its reference set from ``D`` with the sampler.
+    """
+    mixture = spec.mixture
+    if method == "vanilla":
+        return mixture.denoise, None
+    kwargs = {} if max_weight is None else {"max_weight": max_weight}
+    if method == "exact":
+        unsafe = mixture.subset(spec.negate)
+        beta = ExactBeta(lambda x, a, s: mixture.beta(x, a, s, spec.negate))
+        safe = SafeDenoiser(unsafe, beta=beta, min_weight=0.0, **{"max_weight": 1e12, **kwargs})
+        return safe.wrap(mixture.denoise), safe
+    if method != "kernel":
+        raise SafeDenoiserError(f"unknown method {method!r}; use one of {METHODS}")
+    negation = NegationSet.from_latents(spec.negation_set())
+    reference = None
+    if estimator == "ratio":
+        gen = torch.Generator().manual_seed(seed + 7919)
+        x = torch.randn(REFERENCE_SAMPLES, mixture.dim, dtype=torch.float64, generator=gen)
+        reference = sample(sampler, mixture.denoise, x, steps, generator=gen)
+    safe = SafeDenoiser(negation, beta=estimator, reference=reference, **kwargs)
+    return safe.wrap(mixture.denoise), safe
+
+
+def run_toy(spec: ToySpec, method: Method, n: int, seed: int, *, estimator: str = DEFAULT_ESTIMATOR,
+            sampler: str = "dpm++", steps: int | None = None, keep_trajectories: int = 16,
+            max_weight: float | None = None) -> ToyRun:
+    """Sample ``n`` points with ``method`` and one of `SAMPLERS` (its default number of steps)."""
+    denoiser, safe = make_denoiser(spec, method, estimator=estimator, sampler=sampler, steps=steps, seed=seed,
+                                   max_weight=max_weight)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, spec.mixture.dim, dtype=torch.float64, generator=gen)
+    path: list[Tensor] = []
+    samples = sample(sampler, denoiser, x, steps, generator=gen,
+                     callback=lambda i, x_t, x0: path.append(x_t[:keep_trajectories].clone()))
+    path.append(samples[:keep_trajectories].clone())
+    trace = safe.trace if safe is not None else []
+    beta_mean = torch.tensor([r.beta_mean for r in trace] or [0.0] * (len(path) - 1))
+    acted = torch.tensor([r.acted / r.batch for r in trace] or [0.0] * (len(path) - 1))
+    return ToyRun(samples, torch.stack(path), beta_mean, acted)

@@ -1,0 +1,81 @@
+"""The key identity D_safe = (D - beta D_unsafe) / (1 - beta) against the closed-form restricted mixture."""
+
+import pytest
+import torch
+
+from safedenoiser import NegationSet, SafeDenoiser
+from safedenoiser.core.beta import ConstantBeta, ExactBeta
+from safedenoiser.core.safe_denoiser import safe_denoise, safe_weight
+from safedenoiser.toy.mixture import GaussianMixture
+
+
+def random_mixture(seed: int, dim: int, k: int, kind: str) -> GaussianMixture:
+    gen = torch.Generator().manual_seed(seed)
+    means = torch.randn(k, dim, generator=gen, dtype=torch.float64) * 3
+    if kind == "isotropic":
+        covs = torch.stack([torch.eye(dim, dtype=torch.float64) * (0.2 + torch.rand(1, generator=gen, dtype=torch.float64)) for _ in range(k)])
+    elif kind == "diagonal":
+        covs = torch.diag_embed(0.1 + torch.rand(k, dim, generator=gen, dtype=torch.float64))
+    else:
+        a = torch.randn(k, dim, dim, generator=gen, dtype=torch.float64)
+        covs = a @ a.transpose(1, 2) / dim + 0.1 * torch.eye(dim, dtype=torch.float64)
+    return GaussianMixture(torch.rand(k, generator=gen, dtype=torch.float64) + 0.2, means, covs)
+
+
+@pytest.mark.parametrize("kind", ["isotropic", "diagonal", "full"])
+@pytest.mark.parametrize("seed", range(4))
+def test_identity_is_exact_on_random_mixtures(seed, kind):
+    """Relative error < 1e-8 wherever the identity is well conditioned (w = beta/(1-beta) < 1e6).
+
+    D + w (D - D_unsafe) amplifies float64 rounding of D - D_unsafe by w, so points deep inside a
+    negated component (beta = 1 - 1e-20) are left out; they are at most a few percent here.
+    """
+    dim, k = 2 + seed, 3 + seed % 2
+    mixture = random_mixture(seed, dim, k, kind)
+    negate = [0] if seed % 2 else [0, k - 1]
+    kept = [i for i in range(k) if i not in negate]
+    safe = SafeDenoiser(mixture.subset(negate), beta=ExactBeta(lambda x, a, s: mixture.beta(x, a, s, negate)),
+                        min_weight=0.0, max_weight=1e300)
+    gen = torch.Generator().manual_seed(100 + seed)
+    for alpha in (0.999, 0.9, 0.6, 0.3, 0.05):
+        a = torch.tensor(alpha, dtype=torch.float64)
+        s = (1 - a * a).sqrt()
+        x0 = torch.cat([mixture.sample(64, gen)[0], mixture.subset(kept).sample(64, gen)[0]])
+        x_t = a * x0 + s * torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+        conditioned = mixture.beta(x_t, a, s, negate) < 1 - 1e-6
+        assert conditioned.sum() >= 64
+        x_t = x_t[conditioned]
+        d_safe = safe(x_t, a, s, mixture.denoise(x_t, a, s))
+        expected = mixture.subset(kept).denoise(x_t, a, s)
+        rel = ((d_safe - expected).norm(dim=1) / expected.norm(dim=1).clamp_min(1e-12)).max()
+        assert rel < 1e-8, f"relative error {rel:.2e} at alpha={alpha}"
+
+
+def test_weight_is_capped_as_beta_tends_to_one():
+    beta = torch.tensor([0.0, 0.5, 0.9, 1 - 1e-9, 1.0])
+    w = safe_weight(beta, max_weight=20.0)
+    torch.testing.assert_close(w[:3], torch.tensor([0.0, 1.0, 9.0]))
+    assert w[3] == 20.0 and w[4] == 20.0
+
+
+def test_safe_denoise_extrapolates_away_from_the_unsafe_denoiser():
+    d, d_u = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 0.0]])
+    torch.testing.assert_close(safe_denoise(d, d_u, torch.tensor([3.0])), torch.tensor([[4.0, 0.0]]))
+
+
+def test_below_min_weight_the_output_is_untouched_bit_for_bit():
+    neg = NegationSet.from_latents(torch.randn(10, 4) + 100)
+    safe = SafeDenoiser(neg, beta=ConstantBeta(1e-6))
+    x0 = torch.randn(3, 4)
+    out = safe(torch.randn(3, 4), torch.tensor(0.5), torch.tensor(0.8), x0)
+    assert torch.equal(out, x0)
+    assert safe.trace[-1].acted == 0
+
+
+def test_trace_records_every_call():
+    neg = NegationSet.from_latents(torch.zeros(5, 2))
+    safe = SafeDenoiser(neg, beta=ConstantBeta(0.5))
+    for alpha in (0.2, 0.5):
+        safe(torch.zeros(4, 2), torch.tensor(alpha), torch.tensor(0.9), torch.ones(4, 2))
+    assert [round(r.alpha, 3) for r in safe.trace] == [0.2, 0.5]
+    assert all(r.acted == 4 and r.batch == 4 and r.beta_mean == pytest.approx(0.5) for r in safe.trace)

@@ -1,0 +1,87 @@
+"""NegationSet: construction, refusals, persistence and the (smoothed) unsafe posterior."""
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from safedenoiser import NegationSet, SafeDenoiserError
+
+
+def test_empty_set_is_refused():
+    with pytest.raises(SafeDenoiserError, match="empty"):
+        NegationSet.from_latents(torch.zeros(0, 4, 8, 8))
+
+
+def test_nan_values_are_refused():
+    latents = torch.randn(5, 4, 2, 2)
+    latents[2, 0, 0, 0] = float("nan")
+    with pytest.raises(SafeDenoiserError, match="NaN or infinite values in 1 of 5"):
+        NegationSet.from_latents(latents)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    neg = NegationSet.from_latents(torch.randn(7, 4, 3, 3), encoder="abc123", scaling_factor="0.18215")
+    neg.save(tmp_path / "set.safetensors")
+    back = NegationSet.load(tmp_path / "set.safetensors")
+    assert torch.equal(back.latents, neg.latents)
+    assert back.metadata == {"encoder": "abc123", "scaling_factor": "0.18215"}
+    assert back.bandwidth == pytest.approx(neg.bandwidth)
+    assert back.fingerprint == neg.fingerprint
+
+
+def test_loading_a_foreign_file_gives_a_clear_error(tmp_path):
+    (tmp_path / "x.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(SafeDenoiserError, match="not a negation set"):
+        NegationSet.load(tmp_path / "x.safetensors")
+    save_file({"weights": torch.zeros(2)}, str(tmp_path / "y.safetensors"))
+    with pytest.raises(SafeDenoiserError, match="not a negation set"):
+        NegationSet.load(tmp_path / "y.safetensors")
+    with pytest.raises(SafeDenoiserError, match="does not exist"):
+        NegationSet.load(tmp_path / "missing.safetensors")
+
+
+def test_shape_and_encoder_mismatch_are_refused():
+    neg = NegationSet.from_latents(torch.randn(3, 4, 8, 8), encoder="vae-a")
+    with pytest.raises(SafeDenoiserError, match="shape"):
+        neg.check_compatible((4, 16, 16))
+    with pytest.raises(SafeDenoiserError, match="different VAE"):
+        neg.check_compatible((4, 8, 8), fingerprint="vae-b")
+    neg.check_compatible((4, 8, 8), fingerprint="vae-a")
+
+
+def test_posterior_is_the_empirical_posterior_mean():
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randn(30, 3, generator=gen, dtype=torch.float64)
+    neg = NegationSet.from_latents(y)
+    neg.latents = y  # keep float64 for an exact comparison
+    x = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    a, s = torch.tensor(0.8, dtype=torch.float64), torch.tensor(0.6, dtype=torch.float64)
+    post = neg.posterior(x, a, s)
+    w = torch.softmax(-((x[:, None] - a * y[None]) ** 2).sum(-1) / (2 * s * s), 1)
+    torch.testing.assert_close(post.mean, w @ y)
+
+
+def test_smoothed_posterior_matches_the_kernel_density_posterior():
+    """With smoothing h, D_unsafe is E[x0 | x_t] for p_unsafe = mean_n N(y_n, h^2 I)."""
+    gen = torch.Generator().manual_seed(1)
+    y = torch.randn(12, 2, generator=gen, dtype=torch.float64)
+    neg = NegationSet(y, bandwidth=0.3)
+    x = torch.randn(5, 2, generator=gen, dtype=torch.float64)
+    a, s, h = torch.tensor(0.7, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64), 0.3
+    post = neg.posterior(x, a, s, smoothing=h)
+    var = s * s + a * a * h * h
+    w = torch.softmax(-((x[:, None] - a * y[None]) ** 2).sum(-1) / (2 * var), 1)
+    per_component = y[None] + (a * h * h / var) * (x[:, None] - a * y[None])  # Gaussian posterior mean
+    torch.testing.assert_close(post.mean, (w[..., None] * per_component).sum(1))
+    expected_log = torch.logsumexp(-((x[:, None] - a * y[None]) ** 2).sum(-1) / (2 * var), 1) \
+        - math.log(12) - math.log(2 * math.pi * var)
+    torch.testing.assert_close(post.log_density, expected_log)
+
+
+def test_bandwidth_is_calibrated_from_the_set():
+    gen = torch.Generator().manual_seed(2)
+    wide = NegationSet.from_latents(torch.randn(200, 2, generator=gen) * 3)
+    narrow = NegationSet.from_latents(torch.randn(200, 2, generator=gen) * 0.3)
+    assert 5 < wide.bandwidth / narrow.bandwidth < 20
