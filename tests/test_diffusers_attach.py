@@ -1,0 +1,255 @@
+"""attach() on a tiny Stable Diffusion pipeline: every scheduler and prediction type, bit-identical
+output with a far set, moving away from a set that holds the vanilla result, exact restoration,
+refusals before sampling, float32 and bfloat16, composition with negative prompts and SLD."""
+
+from __future__ import annotations
+
+import copy
+
+import diffusers
+import pytest
+import torch
+from conftest import MAX_TOKENS, SD_SCHEDULER, TEXT_DIM, pipeline_state, tiny_vae
+
+from safedenoiser import NegationSet, SafeDenoiser, SafeDenoiserError
+
+STEPS = 4
+BATCH = 2
+LATENT = (4, 8, 8)
+SCHEDULERS = {
+    "DDPM": lambda: diffusers.DDPMScheduler.from_config(SD_SCHEDULER),
+    "DDIM": lambda: diffusers.DDIMScheduler.from_config(SD_SCHEDULER),
+    "PNDM": lambda: diffusers.PNDMScheduler.from_config(SD_SCHEDULER, skip_prk_steps=True),
+    "Euler": lambda: diffusers.EulerDiscreteScheduler.from_config(SD_SCHEDULER),
+    "EulerAncestral": lambda: diffusers.EulerAncestralDiscreteScheduler.from_config(SD_SCHEDULER),
+    "DPMSolver++": lambda: diffusers.DPMSolverMultistepScheduler.from_config(SD_SCHEDULER, algorithm_type="dpmsolver++"),
+    "DPMSolver++karras": lambda: diffusers.DPMSolverMultistepScheduler.from_config(
+        SD_SCHEDULER, algorithm_type="dpmsolver++", use_karras_sigmas=True),
+    "DPMSinglestep": lambda: diffusers.DPMSolverSinglestepScheduler.from_config(SD_SCHEDULER),
+    "UniPC": lambda: diffusers.UniPCMultistepScheduler.from_config(SD_SCHEDULER),
+}
+
+
+def embeds(seed: int = 0, batch: int = BATCH) -> torch.Tensor:
+    return torch.randn(batch, MAX_TOKENS, TEXT_DIM, generator=torch.Generator().manual_seed(seed))
+
+
+def run(pipe, safe: SafeDenoiser | None = None, output_type: str = "latent", **kwargs) -> torch.Tensor:
+    """Sample with a fixed generator; latents by default (the decoded images follow bit for bit)."""
+    args = dict(prompt_embeds=embeds().to(pipe.unet.dtype), negative_prompt_embeds=embeds(1).to(pipe.unet.dtype),
+                num_inference_steps=STEPS, guidance_scale=3.0, output_type=output_type,
+                generator=torch.Generator().manual_seed(0))
+    args.update(kwargs)
+    if safe is None:
+        out = pipe(**args).images
+    else:
+        with safe.attach(pipe):
+            out = pipe(**args).images
+    return torch.as_tensor(out)
+
+
+def far_set(shape=LATENT) -> NegationSet:
+    return NegationSet.from_latents(torch.randn(6, *shape, generator=torch.Generator().manual_seed(5)) + 60.0)
+
+
+def set_of(latents: torch.Tensor) -> NegationSet:
+    """The vanilla results themselves plus copies jittered by 5% of their scale (so the set has a spread)."""
+    jitter = 0.05 * float(latents.float().std()) * torch.randn(3, *latents.shape, generator=torch.Generator().manual_seed(9))
+    return NegationSet.from_latents(torch.cat([latents.float(), *(latents.float() + j for j in jitter)]))
+
+
+def assert_moved_away(vanilla: torch.Tensor, safe_out: torch.Tensor, negation: NegationSet,
+                      factor: float = 1.0) -> None:
+    """Each safe result lies outside the set's support: farther from every member than ``factor``
+    times the set's own nearest-neighbour spacing (the vanilla result is a member: distance 0)."""
+    y = negation.latents.flatten(1).double()
+    spacing = torch.cdist(y, y).fill_diagonal_(float("inf")).min(1).values.median()
+    dist = torch.cdist(safe_out.flatten(1).double(), y).min(1).values
+    assert torch.cdist(vanilla.flatten(1).double(), y).min(1).values.max() == 0
+    assert bool((dist > factor * spacing).all()), f"distance to the set {dist.tolist()}, spacing {float(spacing)}"
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_far_set_gives_bit_identical_images(sd_pipe, name):
+    sd_pipe.scheduler = SCHEDULERS[name]()
+    vanilla = run(sd_pipe, output_type="np")
+    safe = SafeDenoiser(far_set())
+    assert torch.equal(vanilla, run(sd_pipe, safe, output_type="np"))
+    assert len(safe.trace) == len(sd_pipe.scheduler.timesteps) and all(r.acted == 0 for r in safe.trace)
+    assert [r.timestep for r in safe.trace] == [float(t) for t in sd_pipe.scheduler.timesteps]
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_set_holding_the_vanilla_result_moves_it_away(sd_pipe, name):
+    sd_pipe.scheduler = SCHEDULERS[name]()
+    vanilla = run(sd_pipe)
+    safe = SafeDenoiser(set_of(vanilla))
+    out = run(sd_pipe, safe)
+    assert sum(r.acted for r in safe.trace) > 0
+    assert_moved_away(vanilla, out, safe.negation)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("name", ["DDIM", "Euler", "DPMSolver++"])
+def test_prediction_types_far_identical_and_near_moves(sd_pipe, name, prediction):
+    sd_pipe.scheduler = SCHEDULERS[name]().__class__.from_config(SCHEDULERS[name]().config,
+                                                                  prediction_type=prediction)
+    vanilla = run(sd_pipe)
+    assert torch.equal(vanilla, run(sd_pipe, SafeDenoiser(far_set())))
+    if prediction == "sample" and name == "DDIM":
+        return  # a random network's x0 never nears its own DDIM result; see the known-answer 'ddim-sample'
+    near = set_of(vanilla)
+    assert_moved_away(vanilla, run(sd_pipe, SafeDenoiser(near)), near)
+
+
+def test_paper_preset_renoises_and_moves_away(sd_pipe):
+    sd_pipe.scheduler = SCHEDULERS["DDPM"]()
+    vanilla = run(sd_pipe)
+    safe = SafeDenoiser(set_of(vanilla), preset="sd14-nudity", window=0.0)  # act at every step
+    out = run(sd_pipe, safe)
+    assert sum(r.acted for r in safe.trace) > 0
+    assert_moved_away(vanilla, out, safe.negation)
+    assert torch.equal(vanilla, run(sd_pipe, SafeDenoiser(far_set(), preset="sd14-nudity")))
+
+
+def test_bfloat16_pipeline_far_identical_and_near_moves(sd_components):
+    parts = {k: (copy.deepcopy(v).to(torch.bfloat16) if isinstance(v, torch.nn.Module) else v)
+             for k, v in sd_components.items()}
+    pipe = diffusers.StableDiffusionPipeline(**dict(parts, scheduler=SCHEDULERS["Euler"]()),
+                                             requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    vanilla = run(pipe)
+    assert vanilla.dtype == torch.bfloat16
+    assert torch.equal(vanilla, run(pipe, SafeDenoiser(far_set())))
+    near = set_of(vanilla)
+    out = run(pipe, SafeDenoiser(near))
+    assert out.dtype == torch.bfloat16
+    assert_moved_away(vanilla, out, near)
+
+
+# ------------------------------------------------------------------------------ restoration
+
+
+def test_attach_then_detach_leaves_the_scheduler_exactly_as_before(sd_pipe):
+    before = pipeline_state(sd_pipe)
+    with SafeDenoiser(far_set()).attach(sd_pipe):
+        assert "step" in sd_pipe.scheduler.__dict__
+        run(sd_pipe)
+    assert pipeline_state(sd_pipe) == before
+    assert sd_pipe.scheduler.step.__func__ is type(sd_pipe.scheduler).step
+
+
+def test_scheduler_is_restored_after_an_exception_inside_the_loop(sd_pipe):
+    before = pipeline_state(sd_pipe)
+
+    def boom(pipe, i, t, kwargs):
+        raise RuntimeError("user callback failed")
+
+    with pytest.raises(RuntimeError, match="user callback failed"):
+        with SafeDenoiser(far_set()).attach(sd_pipe):
+            run(sd_pipe, callback_on_step_end=boom)
+    assert pipeline_state(sd_pipe) == before
+
+
+def test_set_timesteps_starts_a_new_trace(sd_pipe):
+    safe = SafeDenoiser(far_set())
+    with safe.attach(sd_pipe):
+        run(sd_pipe)
+        run(sd_pipe, num_inference_steps=3)
+    assert len(safe.trace) == 3
+
+
+# ------------------------------------------------------------------------------ refusals
+
+
+def test_refuses_an_unknown_scheduler_at_attach(sd_pipe):
+    sd_pipe.scheduler = diffusers.HeunDiscreteScheduler.from_config(SD_SCHEDULER)
+    with pytest.raises(SafeDenoiserError, match="HeunDiscreteScheduler.*Switch to a supported one"):
+        with SafeDenoiser(far_set()).attach(sd_pipe):
+            pass
+    assert "step" not in sd_pipe.scheduler.__dict__
+
+
+def test_refuses_an_unknown_prediction_type_at_attach(sd_pipe):
+    sd_pipe.scheduler = diffusers.DDIMScheduler.from_config(SD_SCHEDULER, prediction_type="mystery")
+    with pytest.raises(SafeDenoiserError, match="prediction type 'mystery'"):
+        with SafeDenoiser(far_set()).attach(sd_pipe):
+            pass
+
+
+def test_refuses_other_channels_at_attach(sd_pipe):
+    with pytest.raises(SafeDenoiserError, match=r"shape \(3, 8, 8\).*rebuild the set"):
+        with SafeDenoiser(far_set((3, 8, 8))).attach(sd_pipe):
+            pass
+
+
+def test_refuses_another_resolution_before_the_first_step_changes_anything(sd_pipe):
+    before = pipeline_state(sd_pipe)
+    calls = []
+    safe = SafeDenoiser(far_set((4, 4, 4)))
+    with pytest.raises(SafeDenoiserError, match=r"shape \(4, 4, 4\) but the model denoises \(4, 8, 8\)"):
+        run(sd_pipe, safe, callback_on_step_end=lambda p, i, t, kw: calls.append(i) or kw)
+    assert calls == [] and safe.trace == []
+    assert pipeline_state(sd_pipe) == before
+
+
+def test_refuses_a_set_encoded_by_another_vae(sd_pipe):
+    other = copy.copy(sd_pipe)
+    other.vae = tiny_vae()
+    torch.manual_seed(1)
+    other.vae = type(other.vae)(**other.vae.config)  # same config, other weights
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    foreign = NegationSet.from_images(other, images, progress=False)
+    with pytest.raises(SafeDenoiserError, match="different VAE"):
+        with SafeDenoiser(foreign).attach(sd_pipe):
+            pass
+    own = NegationSet.from_images(sd_pipe, images, progress=False)
+    with SafeDenoiser(own).attach(sd_pipe):
+        pass
+
+
+@pytest.mark.parametrize("latents, message", [(torch.zeros(0, *LATENT), "empty"),
+                                               (torch.full((2, *LATENT), float("nan")), "NaN")])
+def test_refuses_empty_and_nan_sets(latents, message):
+    with pytest.raises(SafeDenoiserError, match=message):
+        NegationSet.from_latents(latents)
+
+
+# ------------------------------------------------------------------------------ composition
+
+
+def test_negative_prompt_composes(sd_pipe):
+    kw = dict(prompt_embeds=None, negative_prompt_embeds=None, prompt=["a red fox", "a cat"],
+              negative_prompt=["blurry", "dark"])
+    vanilla = run(sd_pipe, **kw)
+    assert not torch.equal(vanilla, run(sd_pipe, prompt_embeds=None, negative_prompt_embeds=None,
+                                        prompt=["a red fox", "a cat"]))  # the negative prompt matters
+    assert torch.equal(vanilla, run(sd_pipe, SafeDenoiser(far_set()), **kw))
+    near = set_of(vanilla)
+    assert_moved_away(vanilla, run(sd_pipe, SafeDenoiser(near), **kw), near)
+
+
+def test_safe_latent_diffusion_composes(sd_components):
+    from diffusers import StableDiffusionPipelineSafe
+
+    pipe = StableDiffusionPipelineSafe(**dict(sd_components, scheduler=SCHEDULERS["DDIM"]()),
+                                       requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    last = {}
+    kw = dict(prompt=["a red fox", "a cat"], num_inference_steps=STEPS, guidance_scale=3.0, output_type="np",
+              callback=lambda i, t, latents: last.update(latents=latents.clone()),
+              sld_guidance_scale=100, sld_warmup_steps=0)
+
+    def go(safe=None):
+        if safe is None:
+            return torch.as_tensor(pipe(**kw, generator=torch.Generator().manual_seed(0)).images)
+        with safe.attach(pipe):
+            return torch.as_tensor(pipe(**kw, generator=torch.Generator().manual_seed(0)).images)
+
+    vanilla = go()
+    assert torch.equal(vanilla, go(SafeDenoiser(far_set())))
+    vanilla_latents = last["latents"]
+    near = SafeDenoiser(set_of(vanilla_latents))
+    assert not torch.equal(vanilla, go(near))
+    assert sum(r.acted for r in near.trace) > 0
+    assert_moved_away(vanilla_latents, last["latents"], near.negation)
