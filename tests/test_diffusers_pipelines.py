@@ -1,0 +1,191 @@
+"""Other pipeline families: pixel-space DDPM/DDIM, SD3 (flow matching, VAE with shift), DiT
+(learned variance, class labels), and a user's own canonical loop; and `encode_images`."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+
+import diffusers
+import pytest
+import torch
+from conftest import MAX_TOKENS, SD_SCHEDULER, TEXT_DIM, tiny_unet_pixels, tiny_vae
+from PIL import Image
+
+from safedenoiser import NegationSet, SafeDenoiser, SafeDenoiserError
+from safedenoiser.integrations.encode import encode_images, vae_fingerprint
+
+
+def far(shape) -> NegationSet:
+    return NegationSet.from_latents(torch.randn(4, *shape, generator=torch.Generator().manual_seed(3)) + 60.0)
+
+
+def near(latents: torch.Tensor) -> NegationSet:
+    jitter = 0.05 * float(latents.float().std()) * torch.randn(3, *latents.shape,
+                                                                generator=torch.Generator().manual_seed(9))
+    return NegationSet.from_latents(torch.cat([latents.float(), *(latents.float() + j for j in jitter)]))
+
+
+def with_safe(safe, pipe, fn):
+    if safe is None:
+        return fn()
+    with safe.attach(pipe):
+        return fn()
+
+
+@pytest.mark.parametrize("cls", ["DDPMPipeline", "DDIMPipeline"])
+def test_pixel_space_pipelines(cls):
+    scheduler = (diffusers.DDPMScheduler if cls == "DDPMPipeline" else diffusers.DDIMScheduler)()
+    pipe = getattr(diffusers, cls)(unet=tiny_unet_pixels(), scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+
+    def go():
+        out = pipe(batch_size=2, num_inference_steps=5, output_type="np", generator=torch.Generator().manual_seed(0))
+        return torch.from_numpy(out.images).permute(0, 3, 1, 2)
+
+    vanilla = go()
+    assert torch.equal(vanilla, with_safe(SafeDenoiser(far((3, 8, 8))), pipe, go))
+    pixels = vanilla * 2 - 1
+    negation = NegationSet.from_images(pipe, pixels, progress=False)
+    assert negation.metadata["encoder"] == "pixels" and torch.equal(negation.latents, pixels)
+    safe = SafeDenoiser(negation)
+    moved = with_safe(safe, pipe, go)
+    assert sum(r.acted for r in safe.trace) > 0 and not torch.equal(moved, vanilla)
+
+
+def test_user_canonical_loop_with_cfg(sd_components):
+    """The canonical diffusers loop a user writes: scale_model_input, UNet, CFG, scheduler.step."""
+    unet = sd_components["unet"]
+    scheduler = diffusers.EulerAncestralDiscreteScheduler.from_config(SD_SCHEDULER)
+    cond = torch.randn(2, MAX_TOKENS, TEXT_DIM, generator=torch.Generator().manual_seed(0))
+    uncond = torch.zeros_like(cond)
+
+    def loop():
+        gen = torch.Generator().manual_seed(0)
+        scheduler.set_timesteps(5)
+        latents = torch.randn(2, 4, 8, 8, generator=gen) * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            inp = scheduler.scale_model_input(torch.cat([latents] * 2), t)
+            with torch.no_grad():
+                eps_u, eps_c = unet(inp, t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
+            latents = scheduler.step(eps_u + 4.0 * (eps_c - eps_u), t, latents, generator=gen).prev_sample
+        return latents
+
+    class Holder:  # a user's own object with a scheduler and a unet
+        pass
+
+    holder = Holder()
+    holder.scheduler, holder.unet = scheduler, unet
+    vanilla = loop()
+    assert torch.equal(vanilla, with_safe(SafeDenoiser(far((4, 8, 8))), holder, loop))
+    safe = SafeDenoiser(near(vanilla))
+    assert not torch.equal(vanilla, with_safe(safe, holder, loop))
+    assert sum(r.acted for r in safe.trace) > 0 and "step" not in scheduler.__dict__
+
+
+def sd3_pipe():
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=4, num_layers=1,
+                                        attention_head_dim=8, num_attention_heads=2, caption_projection_dim=16,
+                                        joint_attention_dim=TEXT_DIM, pooled_projection_dim=16, out_channels=4).eval()
+    vae = tiny_vae(shift_factor=0.0609, scaling_factor=1.5305)
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(),
+                                    vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
+                                    tokenizer_2=None, text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_sd3_flow_matching_pipeline():
+    pipe = sd3_pipe()
+    g = torch.Generator().manual_seed(1)
+    kw = dict(prompt_embeds=torch.randn(2, 6, TEXT_DIM, generator=g),
+              negative_prompt_embeds=torch.randn(2, 6, TEXT_DIM, generator=g),
+              pooled_prompt_embeds=torch.randn(2, 16, generator=g),
+              negative_pooled_prompt_embeds=torch.randn(2, 16, generator=g),
+              num_inference_steps=4, guidance_scale=3.0, output_type="latent", height=16, width=16)
+
+    def go():
+        return pipe(**kw, generator=torch.Generator().manual_seed(0)).images
+
+    vanilla = go()
+    assert vanilla.shape == (2, 4, 8, 8)
+    assert torch.equal(vanilla, with_safe(SafeDenoiser(far((4, 8, 8))), pipe, go))
+    # SD3's latents are shifted and scaled: the pipeline returns (z - shift) * scale
+    safe = SafeDenoiser(near(vanilla))
+    assert not torch.equal(vanilla, with_safe(safe, pipe, go))
+    assert sum(r.acted for r in safe.trace) > 0
+    assert all(abs(r.alpha + r.sigma - 1) < 1e-6 for r in safe.trace)  # flow levels
+
+
+def test_dit_pipeline_with_learned_variance():
+    from diffusers import DiTPipeline, DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = DiTTransformer2DModel(sample_size=8, num_layers=1, patch_size=2, attention_head_dim=8,
+                                        num_attention_heads=2, in_channels=4, out_channels=8).eval()
+    pipe = DiTPipeline(transformer=transformer, vae=tiny_vae(), scheduler=diffusers.DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+
+    def go():
+        out = pipe(class_labels=[1, 2], num_inference_steps=4, guidance_scale=2.0, output_type="np",
+                   generator=torch.Generator().manual_seed(0))
+        return torch.from_numpy(out.images)
+
+    vanilla = go()
+    safe = SafeDenoiser(far((4, 8, 8)))
+    assert torch.equal(vanilla, with_safe(safe, pipe, go))
+    assert len(safe.trace) == 4 and safe.trace[0].batch == 4  # CFG doubles DiT's stepped batch
+
+
+# ------------------------------------------------------------------------------ encode_images
+
+
+def test_encode_images_from_a_folder_skips_unreadable_files(sd_pipe, tmp_path, caplog):
+    for i in range(3):
+        Image.fromarray((torch.rand(20, 24, 3) * 255).byte().numpy()).save(tmp_path / f"img{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG garbage")
+    with caplog.at_level(logging.WARNING):
+        negation = NegationSet.from_images(sd_pipe, tmp_path, progress=False)
+    assert negation.sample_shape == (4, 8, 8) and len(negation) == 3
+    assert "notes.txt" in caplog.text and "broken.png" in caplog.text
+    meta = negation.metadata
+    assert meta["encoder"] == vae_fingerprint(sd_pipe) and meta["image_size"] == "16"
+    assert len(json.loads(meta["sources_sha256"])) == 3
+    assert float(meta["scaling_factor"]) == sd_pipe.vae.config.scaling_factor
+
+
+def test_encode_images_with_nothing_readable_is_an_error(sd_pipe, tmp_path):
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(SafeDenoiserError, match="no readable image"):
+        NegationSet.from_images(sd_pipe, tmp_path, progress=False)
+
+
+def test_encode_uses_the_latent_mean_shift_and_scale():
+    pipe = sd3_pipe()
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    latents, meta = encode_images(pipe, images, progress=False)
+    with torch.no_grad():
+        mean = pipe.vae.encode(images).latent_dist.mean
+    assert torch.allclose(latents, (mean - 0.0609) * 1.5305, atol=1e-6)
+    assert meta["sources_sha256"] == "tensor" and float(meta["shift_factor"]) == 0.0609
+
+
+def test_pil_images_are_resized_to_the_pipeline_size(sd_pipe):
+    images = [Image.new("RGB", (40, 30), color=(200, 10, 10)), Image.new("RGB", (16, 16))]
+    negation = NegationSet.from_images(sd_pipe, images, progress=False)
+    assert negation.sample_shape == (4, 8, 8)
+
+
+def test_vae_fingerprint_survives_half_precision_and_tells_vaes_apart(sd_pipe):
+    half = copy.copy(sd_pipe)
+    half.vae = copy.deepcopy(sd_pipe.vae).to(torch.bfloat16)
+    assert vae_fingerprint(half) == vae_fingerprint(sd_pipe)
+    other = copy.copy(sd_pipe)
+    torch.manual_seed(7)
+    other.vae = type(sd_pipe.vae)(**sd_pipe.vae.config)
+    assert vae_fingerprint(other) != vae_fingerprint(sd_pipe)
