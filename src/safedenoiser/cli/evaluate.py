@@ -1,0 +1,79 @@
+"""`safe-denoiser eval`: compare the safe denoiser with the alternatives on a scenario."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from safedenoiser.cli.app import app
+from safedenoiser.errors import SafeDenoiserError
+
+
+def _judge_folder(folder: Path, judge_name: str) -> None:
+    from safedenoiser.eval.judges import make_judge
+
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    if not files:
+        raise SafeDenoiserError(f"{folder} holds no images (.png, .jpg, .webp) to judge")
+    judge = make_judge(judge_name)
+    if judge_name == "classifier":
+        from safedenoiser.integrations.encode import load_images
+
+        images, _ = load_images(files, 32, 1)
+        flags = judge.predict(images)
+        for cls, count in zip(*flags.unique(return_counts=True)):
+            typer.echo(f"class {int(cls)}: {int(count)} of {len(files)}")
+        return
+    flags = judge.unsafe(files)
+    typer.echo(f"{folder}: {int(flags.sum())} of {len(files)} images unsafe by {judge_name} "
+               f"(unsafe rate {100 * float(flags.double().mean()):.1f}%)")
+
+
+@app.command("eval")
+def evaluate(
+    scenario: str = typer.Argument(..., help="text, class, unconditional, memorization, or a folder of "
+                                   "generated images to judge (e.g. a `generate --out` folder)."),
+    methods: str = typer.Option("all", "--methods", help="Comma-separated: vanilla, negative, sld, spell, "
+                                "safe-paper, safe, safe-ref, rejection (default: all that apply)."),
+    n: int = typer.Option(200, "--n", help="Images per method."),
+    out: Path = typer.Option(Path("eval-out"), "--out", help="Folder for SCENARIO.json and SCENARIO.png."),
+    judge: str = typer.Option("classifier", "--judge", help="classifier (bundled models) or nudenet "
+                              "(real photos, threshold 0.6; pip install nudenet)."),
+    cls: Optional[int] = typer.Option(None, "--class", help="The negated class (text, unconditional) or the "
+                                      "class split into clusters (class, memorization)."),
+    sweep: bool = typer.Option(False, "--sweep", help="Also run each method at its other strengths."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+) -> None:
+    """Run methods on the same seeds and report unsafe rate, accuracy, FD, histogram and cost."""
+    from safedenoiser.eval.methods import METHODS, evaluate as run
+    from safedenoiser.eval.report import markdown_table, save_results
+    from safedenoiser.eval.scenarios import SCENARIOS, build_scenario
+
+    if judge not in ("classifier", "nudenet"):
+        raise SafeDenoiserError(f"--judge must be classifier or nudenet (got {judge!r})")
+    if Path(scenario).is_dir():
+        _judge_folder(Path(scenario), judge)
+        return
+    if scenario not in SCENARIOS:
+        raise SafeDenoiserError(f"unknown scenario {scenario!r}: use {', '.join(SCENARIOS)} or a folder of images")
+    if judge == "nudenet":
+        raise SafeDenoiserError("the bundled scenarios are Fashion-MNIST and judged by the bundled classifier; "
+                                "use --judge nudenet on a folder of images generated from a real model")
+    chosen = list(METHODS) if methods == "all" else [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = set(chosen) - set(METHODS)
+    if unknown:
+        raise SafeDenoiserError(f"unknown method(s) {sorted(unknown)}; use {', '.join(METHODS)}")
+    if n < 2:
+        raise SafeDenoiserError("--n must be at least 2 (the Fréchet distance needs a covariance)")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    key = {"text": "negated_class", "unconditional": "negated_class", "class": "cls", "memorization": "cls"}[scenario]
+    spec = build_scenario(scenario, n, **({key: cls} if cls is not None else {}))
+    rows, images = run(spec, chosen, sweep=sweep, log=typer.echo)
+    path = save_results(out, scenario, rows, spec.info, images)
+    typer.echo(markdown_table(rows))
+    typer.echo(f"results: {path}, grid: {path.with_suffix('.png')}")

@@ -1,0 +1,246 @@
+"""The methods compared in the evaluation, wired to a `Scenario`, and their measurement.
+
+Every method samples the same requests with the same seeds (the same initial noise). Names:
+
+    vanilla        the model as it is
+    negative       negative prompt (text) / negative class guidance (class), `NegativeGuidance`
+    sld            Safe Latent Diffusion's safety guidance, `SafetyGuidance` ("medium" preset)
+    spell          sparse repellency, `Spell` (radius: the set's 0.9-quantile NN distance)
+    safe           `SafeDenoiser(negation)`: the library default
+    safe-ref       `SafeDenoiser(negation, reference=...)`: with ordinary samples as reference
+    safe-paper     `SafeDenoiser(negation, h=..., s=..., window=...)`: the authors' rule
+    rejection      vanilla, resampling what the judge flags (an oracle; up to 10 attempts)
+
+``strength`` varies each method's own knob for the trade-off plot (`STRENGTHS`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from safedenoiser import SafeDenoiser
+from safedenoiser.baselines import NegativeGuidance, RejectionSampler, SafetyGuidance, Spell
+from safedenoiser.baselines.rejection import SEED_STRIDE
+from safedenoiser.errors import SafeDenoiserError
+from safedenoiser.eval.metrics import (accuracy, class_histogram, frechet_distance, nearest_distance,
+                                       tv_distance, unsafe_rate)
+from safedenoiser.eval.scenarios import Scenario
+
+METHODS = ("vanilla", "negative", "sld", "spell", "safe-paper", "safe", "safe-ref", "rejection")
+# Each method's knob and the values the trade-off sweep visits (the first is the default).
+STRENGTHS: dict[str, tuple[str, list]] = {
+    "negative": ("scale s", [None, 1.0, 6.0]),
+    "sld": ("preset", ["medium", "weak", "strong", "max"]),
+    "spell": ("radius x", [1.0, 0.5, 1.5]),
+    "safe-paper": ("s", [0.33, 0.1, 0.9]),
+    "safe": ("max weight", [20.0, 2.0, 5.0, 100.0]),
+    "safe-ref": ("max weight", [20.0, 5.0, 100.0]),
+    "rejection": ("max attempts", [10, 2]),
+}
+PAPER_WINDOW = 4.67  # sigma/alpha at SD v1.4's t=780: the same 1000-step schedule as the bundled models
+PAPER_S = 0.33  # the nudity preset's s
+
+
+def paper_bandwidth(negation) -> float:
+    """``h`` of the paper rule for our space: ``2 h^2`` = the set's median nearest-neighbour distance.
+
+    The paper's ``h = 3.15`` is for SD latents of dimension 16,384; the kernel
+    ``exp(-||x - y|| / (2 h^2))`` then weighs a typical neighbour by ``e^-1`` in our 256-d latents.
+    """
+    y = negation.latents.reshape(len(negation), -1).double()[:2048]
+    nn = torch.cdist(y, y).fill_diagonal_(math.inf).min(1).values
+    return math.sqrt(float(nn.median()) / 2)
+
+
+@dataclass
+class MethodRun:
+    method: str
+    strength: object
+    images: Tensor  # [N, 1, 32, 32] in [-1, 1]
+    seconds: float
+    model_evals: int  # UNet evaluations (batch rows), all attempts included
+    extra: dict = field(default_factory=dict)
+
+
+@contextmanager
+def count_evals(pipe) -> Iterator[list[int]]:
+    """Count UNet evaluations (rows of each batch the UNet sees) inside the block."""
+    counter = [0]
+    handle = pipe.unet.register_forward_pre_hook(lambda module, args: counter.__setitem__(0, counter[0] + args[0].shape[0]))
+    try:
+        yield counter
+    finally:
+        handle.remove()
+
+
+def decode(pipe, latents: Tensor) -> Tensor:
+    with torch.no_grad():
+        return pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample.clamp(-1, 1)
+
+
+def _kwargs(scenario: Scenario, idx: list[int], seeds: list[int]) -> dict:
+    kw = {"num_inference_steps": scenario.steps, "guidance_scale": scenario.guidance_scale,
+          "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds]}
+    if scenario.model == "fashion-text":
+        kw["prompts"] = [scenario.prompts[i] for i in idx]
+    else:
+        kw["labels"] = [scenario.labels[i] for i in idx]
+    return kw
+
+
+def sample(scenario: Scenario, idx: list[int], seeds: list[int], corrector=None) -> Tensor:
+    """Images of requests ``idx`` with ``seeds`` from the scenario's pipeline, optionally corrected."""
+    kw = _kwargs(scenario, idx, seeds)
+    pipe = scenario.pipe
+    call = dict(num_inference_steps=kw["num_inference_steps"], guidance_scale=kw["guidance_scale"],
+                generator=kw["generator"], output_type="latent")
+    if "prompts" in kw:
+        call["prompt"] = kw["prompts"]
+    else:
+        call["class_labels"] = kw["labels"]
+    with torch.no_grad():
+        if corrector is None:
+            latents = pipe(**call).images
+        else:
+            with corrector.attach(pipe):
+                latents = pipe(**call).images
+    return decode(pipe, latents)
+
+
+def make_corrector(method: str, scenario: Scenario, strength=None):
+    neg = scenario.negation
+    if method == "safe":
+        return SafeDenoiser(neg) if strength is None else SafeDenoiser(neg, max_weight=float(strength))
+    if method == "safe-ref":
+        kw = {} if strength is None else {"max_weight": float(strength)}
+        return SafeDenoiser(neg, reference=scenario.reference, **kw)
+    if method == "safe-paper":
+        return SafeDenoiser(neg, h=paper_bandwidth(neg), s=PAPER_S if strength is None else float(strength),
+                            window=PAPER_WINDOW)
+    if method == "spell":
+        return Spell(neg, radius_scale=1.0 if strength is None else float(strength))
+    return None
+
+
+def is_unsafe(scenario: Scenario, images: Tensor) -> Tensor:
+    """The scenario's verdict per image: the judge's, or a near copy of a protected image."""
+    if scenario.protected is not None:
+        return nearest_distance(images, scenario.protected) < scenario.near_copy_threshold
+    return scenario.judge.unsafe(images)
+
+
+def applicable(method: str, scenario: Scenario) -> bool:
+    """Guidance baselines need a prompt or class that names the negated concept."""
+    return not (method in ("negative", "sld") and scenario.negative is None)
+
+
+def run_method(scenario: Scenario, method: str, strength=None, *, batch_size: int = 100,
+               seed: int = 0) -> MethodRun:
+    """Sample every request of ``scenario`` with ``method`` (same seeds for every method)."""
+    if method not in METHODS:
+        raise SafeDenoiserError(f"unknown method {method!r}; use {', '.join(METHODS)}")
+    if not applicable(method, scenario):
+        raise SafeDenoiserError(f"{method} needs a prompt or class naming the negated concept; "
+                                f"the {scenario.name} scenario has none")
+    seeds = scenario.seeds(seed)
+    batches = [list(range(i, min(i + batch_size, len(scenario)))) for i in range(0, len(scenario), batch_size)]
+    extra: dict = {}
+    out = []
+    start = time.perf_counter()
+    with count_evals(scenario.pipe) as evals:
+        if method in ("negative", "sld"):
+            rule = (NegativeGuidance(strength) if method == "negative"
+                    else SafetyGuidance(strength or "medium"))
+            for idx in batches:
+                kw = _kwargs(scenario, idx, [seeds[i] for i in idx])
+                latents = rule.sample(scenario.pipe, negative=scenario.negative, **kw)
+                out.append(decode(scenario.pipe, latents))
+        elif method == "rejection":
+            by_seed = {seeds[i]: i for i in range(len(scenario))}  # redraws use seed + r * SEED_STRIDE
+
+            def draw(s: list[int]) -> Tensor:
+                return sample(scenario, [by_seed[x % SEED_STRIDE] for x in s], s)
+
+            sampler = RejectionSampler(draw, lambda im: is_unsafe(scenario, im),
+                                       max_attempts=10 if strength is None else int(strength))
+            attempts = []
+            for idx in batches:
+                result = sampler([seeds[i] for i in idx])
+                out.append(result.images)
+                attempts.extend(result.attempts.tolist())
+            extra["mean_attempts"] = sum(attempts) / len(scenario)
+        else:
+            corrector = make_corrector(method, scenario, strength)
+            if corrector is not None and hasattr(corrector, "beta"):
+                extra["estimator"] = type(corrector.beta).__name__
+            for idx in batches:
+                out.append(sample(scenario, idx, [seeds[i] for i in idx], corrector))
+    seconds = time.perf_counter() - start
+    return MethodRun(method, strength, torch.cat(out), seconds, evals[0], extra)
+
+
+def measure(scenario: Scenario, run: MethodRun, vanilla_hist: Tensor | None = None) -> dict:
+    """The metrics of one run: unsafe rates per group, accuracy, FD, histogram, TV, cost."""
+    images, n = run.images, len(run.images)
+    flags = is_unsafe(scenario, images)
+    predicted = scenario.judge.predict(images)
+    features = scenario.judge.features(images)
+    groups = sorted(set(scenario.groups))
+    row: dict = {"method": run.method, "strength": run.strength, "n": n}
+    unsafe_groups = [g for g in groups if g != "benign"]
+    for g in unsafe_groups:
+        mask = torch.tensor([x == g for x in scenario.groups])
+        row[f"unsafe[{g.split(':')[-1]}]"] = unsafe_rate(flags[mask])
+    mask_benign = torch.tensor([t is not None for t in scenario.targets])
+    if "benign" in groups:
+        row["unsafe[benign]"] = unsafe_rate(flags[mask_benign])
+    if mask_benign.any():
+        targets = torch.tensor([t for t in scenario.targets if t is not None])
+        row["accuracy"] = accuracy(predicted[mask_benign], targets)
+    for g, real in scenario.fd_real.items():
+        mask = torch.tensor([x == g for x in scenario.groups])
+        row["fd" if len(scenario.fd_real) == 1 else f"fd[{g}]"] = frechet_distance(features[mask], real)
+    hist = class_histogram(predicted, 10)
+    row["histogram"] = [round(float(v), 4) for v in hist]
+    if vanilla_hist is not None and scenario.negated_class is not None:
+        row["tv_others"] = tv_distance(hist, vanilla_hist, exclude=scenario.negated_class)
+    if scenario.protected is not None:
+        row["near_copy"] = unsafe_rate(flags)
+    row["seconds_per_image"] = run.seconds / n
+    row["evals_per_image"] = run.model_evals / n
+    row.update(run.extra)
+    return row
+
+
+def evaluate(scenario: Scenario, methods=METHODS, *, sweep: bool = False, log=print) -> tuple[list[dict], dict]:
+    """Run ``methods`` on ``scenario``; returns the metric rows and ``{method: images}`` (default strengths).
+
+    Vanilla always runs first (its histogram is the reference of the TV distance). With ``sweep``
+    every method also runs at the other strengths of `STRENGTHS` (rows with ``sweep: True``).
+    """
+    methods = ["vanilla"] + [m for m in methods if m != "vanilla"]
+    rows, images, vanilla_hist = [], {}, None
+    for method in methods:
+        if not applicable(method, scenario):
+            log(f"[{scenario.name}] {method}: not applicable (no prompt or class names the negated concept)")
+            continue
+        knob, values = STRENGTHS.get(method, ("", [None]))
+        for k, strength in enumerate(values if sweep else values[:1]):
+            run = run_method(scenario, method, strength)
+            row = measure(scenario, run, vanilla_hist)
+            row["knob"], row["sweep"] = knob, k > 0
+            if method == "vanilla":
+                vanilla_hist = torch.tensor(row["histogram"], dtype=torch.float64)
+            if k == 0:
+                images[method] = run.images
+            rows.append(row)
+            log(f"[{scenario.name}] {method} {knob}={strength}: " + ", ".join(
+                f"{key}={value:.3f}" for key, value in row.items() if isinstance(value, float)))
+    return rows, images
