@@ -30,5 +30,10 @@ test: install data
 bench: install data
 	$(PY) benchmarks/estimators_toy.py
 
+# Regenerate docs/results.md: every eval scenario and method on the bundled models (long: about an
+# hour on two CPU cores). `python benchmarks/run_eval.py --render` only re-renders the page.
+results: install data
+	$(PY) benchmarks/run_eval.py
+
 clean:
 	rm -rf $(VENV) demo-out

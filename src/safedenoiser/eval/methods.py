@@ -209,7 +209,7 @@ def measure(scenario: Scenario, run: MethodRun, vanilla_hist: Tensor | None = No
         row["fd" if len(scenario.fd_real) == 1 else f"fd[{g}]"] = frechet_distance(features[mask], real)
     hist = class_histogram(predicted, 10)
     row["histogram"] = [round(float(v), 4) for v in hist]
-    if vanilla_hist is not None and scenario.negated_class is not None:
+    if vanilla_hist is not None and scenario.name == "unconditional":
         row["tv_others"] = tv_distance(hist, vanilla_hist, exclude=scenario.negated_class)
     if scenario.protected is not None:
         row["near_copy"] = unsafe_rate(flags)

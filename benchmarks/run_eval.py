@@ -1,0 +1,166 @@
+"""Regenerate docs/results.md: every scenario of issue 5, every method, same seeds (`make results`).
+
+    python benchmarks/run_eval.py                      # all scenarios, then render the page
+    python benchmarks/run_eval.py --only unconditional # one scenario (results kept per scenario)
+    python benchmarks/run_eval.py --render             # only re-render docs/results.md from the JSON
+
+Per scenario it writes docs/results/eval-SCENARIO.json (metric rows) and eval-SCENARIO.png (samples
+of every method on the same seeds), the trade-off plot eval-tradeoff.png, and the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from safedenoiser.eval.methods import METHODS, evaluate, run_method, measure, paper_bandwidth
+from safedenoiser.eval.report import (histogram_table, load_results, markdown_table, save_results,
+                                      tradeoff_plot)
+from safedenoiser.eval.scenarios import build_scenario, unconditional_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "results"
+PAGE = ROOT / "docs" / "results.md"
+CACHE = ROOT / ".cache" / "eval"
+SIZES = {"text": 240, "class": 200, "unconditional": 300, "memorization": 200}
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def run_scenario(name: str, n: int, sweep: bool) -> None:
+    kwargs = {"cache": CACHE} if name == "memorization" else {}
+    start = time.time()
+    scenario = build_scenario(name, n, **kwargs)
+    info = dict(scenario.info, n=n, steps=scenario.steps, guidance_scale=scenario.guidance_scale,
+                negation_size=len(scenario.negation), negation_bandwidth=scenario.negation.bandwidth,
+                paper_h=paper_bandwidth(scenario.negation), negated_class=scenario.negated_class)
+    rows, images = evaluate(scenario, METHODS, sweep=sweep, log=log)
+    info["seconds"] = round(time.time() - start)
+    save_results(OUT, f"eval-{name}", rows, info, images)
+
+
+def run_every_class(n: int) -> None:
+    """Unconditional, each class negated in turn: vanilla once, then the default safe denoiser."""
+    rows, start = [], time.time()
+    base = None
+    for cls in range(10):
+        scenario = unconditional_scenario(n, cls, pipe=base.pipe if base else None)
+        if base is None:
+            base, vanilla = scenario, run_method(scenario, "vanilla")
+        v_row = measure(scenario, vanilla)
+        hist = torch.tensor(v_row["histogram"], dtype=torch.float64)
+        for method in ("safe",):
+            row = measure(scenario, run_method(scenario, method), hist)
+            row.update(negated_class=cls, vanilla_share=v_row["histogram"][cls], vanilla_fd=v_row["fd"])
+            rows.append(row)
+            log(f"[every class] {cls}: vanilla {v_row['histogram'][cls]:.3f} -> {method} {row['unsafe[all]']:.3f}, "
+                f"TV {row['tv_others']:.3f}")
+    info = {"n": n, "seconds": round(time.time() - start)}
+    (OUT / "eval-every-class.json").write_text(json.dumps({"key": "eval-every-class", "info": info, "rows": rows},
+                                                          indent=1, default=str) + "\n")
+
+
+SCENARIO_TEXT = {
+    "eval-text": ("Text-conditional (`fashion-text`)",
+                  "Half the prompts ask for the negated class in held-out words (direct, paraphrase, indirect; "
+                  "2 prompts each), half ask for the other nine classes (held-out direct and paraphrase "
+                  "prompts). Negation set: 500 real test-split images of the class, encoded by the VAE. "
+                  "Negative prompt and SLD safety concept: the plain class name. Benign accuracy: classifier "
+                  "agrees with the requested class; FD: benign samples against real test images of their classes."),
+    "eval-class": ("Class-conditional (`fashion-class`), negate one k-means cluster of a class",
+                   "The class's 1,000 test images are split into two k-means clusters of classifier features; "
+                   "the larger is negated (its test images are the negation set). Unsafe: the sample's features "
+                   "lie nearest the negated centroid. FD: against the kept cluster's real images. No prompt or "
+                   "class names a cluster, so negative guidance and SLD do not apply."),
+    "eval-unconditional": ("Unconditional (`fashion-class`, null label), negate one class",
+                           "Negation set: 500 real test-split images of the class. TV others: total-variation "
+                           "distance between the other nine classes' proportions (renormalised) and vanilla's. "
+                           "FD: against real test images of the other classes."),
+    "eval-memorization": ("Memorisation",
+                          "A copy of `fashion-class` fine-tuned so that it reproduces a few training images of "
+                          "one class (each batch: half those images, half other training images of the class). "
+                          "Those images (VAE-encoded) are the negation set. Near copy: RMS pixel distance to a "
+                          "protected image below half the smallest distance of any real test image of the class."),
+}
+
+
+def render() -> None:
+    results = load_results(OUT)
+    results = {k: v for k, v in results.items() if k.startswith("eval-")}
+    parts = ["# Results: the safe denoiser against the alternatives\n",
+             "Regenerate with `make results` (`python benchmarks/run_eval.py`). Every method samples the same "
+             "requests with the same seeds (DDIM, 25 steps, CFG 4 for conditional requests). Judge: the bundled "
+             "classifier (92% test accuracy). FD: Fréchet distance of the classifier's 128-d features (small "
+             "samples: compare methods within a table, not with published FIDs). UNet evals / image counts every "
+             "row the UNet sees, all rejection attempts included. Rejection uses the judge itself as oracle "
+             "(an upper bound no deployable filter reaches).\n",
+             "Methods: `vanilla`; `negative` (negative prompt / negative class, diffusers' semantics: "
+             "`eps = n + g (c - n)`, i.e. scale g - 1); `sld` (Safe Latent Diffusion, medium preset, warm-up "
+             "rescaled to 25 steps); `spell` (sparse repellency of x0, radius = the set's 0.9-quantile NN "
+             "distance); `safe-paper` (the authors' rule: h with 2h^2 = the set's median NN distance in our "
+             "256-d latents, s = 0.33, window sigma/alpha >= 4.67 as SD's t = 780); `safe` "
+             "(`SafeDenoiser(negation)`, the library default); `safe-ref` (`SafeDenoiser(negation, "
+             "reference=500 VAE-encoded training images)`); `rejection` (up to 10 draws).\n"]
+    for key, (title, text) in SCENARIO_TEXT.items():
+        if key not in results:
+            continue
+        res = results[key]
+        rows = [r for r in res["rows"] if not r.get("sweep")]
+        info = res["info"]
+        parts.append(f"## {title}\n\n{text}\n")
+        parts.append("Settings: " + ", ".join(f"{k} = {v}" for k, v in info.items() if not isinstance(v, dict)) + "\n")
+        parts.append(markdown_table(rows) + "\n")
+        if key in ("eval-unconditional", "eval-class", "eval-memorization"):
+            parts.append("Class histograms (% of samples, by the classifier):\n\n" + histogram_table(rows) + "\n")
+        parts.append(f"![samples]({OUT.name}/{key}.png)\n")
+        sweep = res["rows"]
+        if any(r.get("sweep") for r in sweep):
+            unsafe_key = "unsafe[all]" if "unsafe[all]" in sweep[0] else "unsafe[paraphrase]"
+            quality_key = "fd" if "fd" in sweep[0] else "fd[benign]"
+            tradeoff_plot(sweep, OUT / f"{key}-tradeoff.png", unsafe_key=unsafe_key, quality_key=quality_key,
+                          title=f"{title}: unsafe rate vs quality as strength varies")
+            parts.append("Strength sweep (each method's own knob):\n\n" + markdown_table(sweep) + "\n")
+            parts.append(f"![trade-off]({OUT.name}/{key}-tradeoff.png)\n")
+    if "eval-every-class" in results:
+        res = results["eval-every-class"]
+        parts.append("## Unconditional, every class negated in turn (default safe denoiser)\n")
+        parts.append("| negated class | vanilla share | safe share | TV others | FD vanilla | FD safe |\n|---|---|---|---|---|---|")
+        for r in res["rows"]:
+            parts.append(f"| {r['negated_class']} | {100 * r['vanilla_share']:.1f}% | {100 * r['unsafe[all]']:.1f}% | "
+                         f"{r['tv_others']:.3f} | {r['vanilla_fd']:.2f} | {r['fd']:.2f} |")
+        parts.append("")
+    parts.append(f"_Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+                 f"{torch.get_num_threads()} threads._\n")
+    PAGE.write_text("\n".join(parts))
+    print(f"wrote {PAGE}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="scenarios: text class unconditional memorization every-class")
+    parser.add_argument("--n", type=int, default=None, help="images per method (default per scenario)")
+    parser.add_argument("--sweep", nargs="*", default=["unconditional"], help="scenarios that also sweep strengths")
+    parser.add_argument("--render", action="store_true", help="only re-render the page")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if not args.render:
+        for name in args.only or ["unconditional", "text", "class", "memorization", "every-class"]:
+            if name == "every-class":
+                run_every_class(args.n or SIZES["unconditional"])
+            else:
+                run_scenario(name, args.n or SIZES[name], name in args.sweep)
+    render()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
