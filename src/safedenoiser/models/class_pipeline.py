@@ -32,8 +32,14 @@ class FashionClassPipeline(DiffusionPipeline):
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
     @property
-    def null_class(self) -> int:
+    def num_classes(self) -> int:
+        """Real classes (0..num_classes-1); the null class is the next index."""
         return self.unet.config.num_class_embeds - 1
+
+    @property
+    def null_class(self) -> int:
+        """The label of unconditional sampling (10 for Fashion-MNIST)."""
+        return self.num_classes
 
     def _labels(self, class_labels: Sequence[int | None]) -> torch.Tensor:
         labels = []
