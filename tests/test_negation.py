@@ -85,3 +85,12 @@ def test_bandwidth_is_calibrated_from_the_set():
     wide = NegationSet.from_latents(torch.randn(200, 2, generator=gen) * 3)
     narrow = NegationSet.from_latents(torch.randn(200, 2, generator=gen) * 0.3)
     assert 5 < wide.bandwidth / narrow.bandwidth < 20
+
+
+def test_reference_samples_travel_with_the_set(tmp_path):
+    neg = NegationSet(torch.randn(6, 2, 2), reference=torch.randn(9, 2, 2))
+    neg.save(tmp_path / "set.safetensors")
+    back = NegationSet.load(tmp_path / "set.safetensors")
+    assert torch.equal(back.reference, neg.reference)
+    with pytest.raises(SafeDenoiserError, match="reference samples have shape"):
+        NegationSet(torch.randn(6, 2, 2), reference=torch.randn(9, 4))

@@ -39,12 +39,15 @@ class NegationSet:
     """``M`` examples ``y_n`` of what must not be generated, shaped like the model's samples.
 
     ``metadata`` records where the set came from (encoder fingerprint, scaling, source hashes);
-    `bandwidth` is the per-coordinate kernel width calibrated from the set itself.
+    `bandwidth` is the per-coordinate kernel width calibrated from the set itself. ``reference``
+    (optional) holds ordinary samples in the same space (model samples, or typical images), which
+    lets `SafeDenoiser` estimate ``beta`` as a density ratio.
     """
 
     latents: Tensor
     metadata: dict[str, str] = field(default_factory=dict)
     bandwidth: float | None = None
+    reference: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.latents.ndim < 2 or self.latents.shape[0] == 0:
@@ -52,6 +55,11 @@ class NegationSet:
                                     f"(got a tensor of shape {tuple(self.latents.shape)})")
         check_finite(self.latents, "the negation set")
         self.latents = self.latents.detach()
+        if self.reference is not None:
+            check_finite(self.reference, "the reference set")
+            if tuple(self.reference.shape[1:]) != self.sample_shape:
+                raise SafeDenoiserError(f"reference samples have shape {tuple(self.reference.shape[1:])}, the "
+                                        f"negation set {self.sample_shape}; both must live in the model's space")
         if self.bandwidth is None:
             self.bandwidth = calibrate_bandwidth(self.latents)
         self._cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
@@ -75,7 +83,10 @@ class NegationSet:
         """Write the latents and metadata as safetensors (no pickles)."""
         meta = dict(self.metadata, format_version=str(FORMAT_VERSION), bandwidth=repr(self.bandwidth),
                     shape=json.dumps(list(self.latents.shape)))
-        save_file({"latents": self.latents.float().contiguous().cpu()}, str(path), metadata=meta)
+        tensors = {"latents": self.latents.float().contiguous().cpu()}
+        if self.reference is not None:
+            tensors["reference"] = self.reference.float().contiguous().cpu()
+        save_file(tensors, str(path), metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "NegationSet":
@@ -89,13 +100,14 @@ class NegationSet:
 
             with safe_open(str(path), framework="pt") as f:
                 meta = dict(f.metadata() or {})
-            latents = load_file(str(path))["latents"]
+            tensors = load_file(str(path))
+            latents = tensors["latents"]
         except Exception as err:  # safetensors raises several types for a corrupt file
             raise SafeDenoiserError(f"{path} is not a negation set written by safe-denoiser: {err}") from err
         bandwidth = float(meta.pop("bandwidth")) if "bandwidth" in meta else None
         for key in ("format_version", "shape"):
             meta.pop(key, None)
-        return cls(latents, metadata=meta, bandwidth=bandwidth)
+        return cls(latents, metadata=meta, bandwidth=bandwidth, reference=tensors.get("reference"))
 
     # ----------------------------------------------------------------- properties
     def __len__(self) -> int:

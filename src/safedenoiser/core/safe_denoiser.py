@@ -14,7 +14,7 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor
 
-from safedenoiser.core.beta import BetaEstimator, KernelGateBeta, KernelRatioBeta
+from safedenoiser.core.beta import BetaEstimator, HybridBeta, KernelGateBeta, KernelRatioBeta
 from safedenoiser.core.paper_rule import PaperRule
 from safedenoiser.core.presets import resolve_preset
 from safedenoiser.errors import SafeDenoiserError
@@ -73,9 +73,11 @@ class SafeDenoiser:
         negation: the examples to stay away from (`NegationSet`), or any `UnsafeModel`.
         preset: a paper preset (``sd14-nudity``, ``sd14-copro``, ``sd3-nudity``,
             ``sd14-memorization``) that selects the authors' practical rule with their settings.
-        beta: ``"gate"`` (default; needs nothing but the set), ``"ratio"`` (needs ``reference``)
-            or any `BetaEstimator`.
-        reference: ordinary samples from the model, for ``beta="ratio"``.
+        beta: ``"auto"`` (default: ``"hybrid"`` when reference samples are known, else ``"gate"``),
+            ``"gate"`` (needs nothing but the set), ``"ratio"`` or ``"hybrid"`` (need reference
+            samples), or any `BetaEstimator`. benchmarks/estimators_toy.py compares them.
+        reference: ordinary samples in the model's space (model samples or typical images); by
+            default the negation set's own ``reference``, if it has one.
         max_weight: cap on ``w = beta / (1 - beta)``, what happens as ``beta -> 1``.
         min_weight: below this ``w`` the model's output passes through untouched (bit for bit).
         smoothing: kernel width ``h`` of the unsafe posterior; ``None`` takes the set's calibrated one.
@@ -83,7 +85,7 @@ class SafeDenoiser:
     """
 
     def __init__(self, negation: NegationSet | UnsafeModel, *, preset: str | None = None,
-                 beta: str | BetaEstimator = "gate", reference: Tensor | None = None,
+                 beta: str | BetaEstimator = "auto", reference: Tensor | None = None,
                  max_weight: float = DEFAULT_MAX_WEIGHT, min_weight: float = DEFAULT_MIN_WEIGHT,
                  smoothing: float | None = None, **params: float):
         self.negation = negation
@@ -103,13 +105,19 @@ class SafeDenoiser:
             return beta
         if not isinstance(self.negation, NegationSet):
             raise SafeDenoiserError(f"beta={beta!r} needs a NegationSet; pass an estimator object instead")
+        reference = self.negation.reference if reference is None else reference
+        if beta == "auto":
+            beta = "gate" if reference is None else "hybrid"
         if beta == "gate":
             return KernelGateBeta(self.negation)
-        if beta == "ratio":
+        if beta in ("ratio", "hybrid"):
             if reference is None:
-                raise SafeDenoiserError("beta='ratio' needs reference samples from the model (reference=...)")
-            return KernelRatioBeta(self.negation, reference, smoothing=self.smoothing)
-        raise SafeDenoiserError(f"unknown beta estimator {beta!r}; use 'gate', 'ratio' or an estimator object")
+                raise SafeDenoiserError(f"beta={beta!r} needs reference samples from the model (reference=..., or "
+                                        "a negation set built with reference images)")
+            estimator = KernelRatioBeta if beta == "ratio" else HybridBeta
+            return estimator(self.negation, reference, smoothing=self.smoothing)
+        raise SafeDenoiserError(f"unknown beta estimator {beta!r}; use 'auto', 'gate', 'ratio', 'hybrid' "
+                                "or an estimator object")
 
     @property
     def sample_shape(self) -> tuple[int, ...] | None:

@@ -1,0 +1,105 @@
+"""Beta estimators against the exact beta of a Gaussian mixture."""
+
+import pytest
+import torch
+
+from safedenoiser import NegationSet, SafeDenoiser, SafeDenoiserError
+from safedenoiser.core.beta import HybridBeta, KernelGateBeta, KernelRatioBeta
+from safedenoiser.core.paper_rule import PaperRule, calibrate_tau
+from safedenoiser.toy.spec import parse_spec
+
+SPEC = {"dim": 2, "weights": [0.3, 0.4, 0.3], "means": [[-5, 0], [0, 4], [5, 0]], "covs": [0.5, 0.5, 0.5],
+        "negate": [1], "negation_samples": 300, "seed": 2}
+
+
+@pytest.fixture(scope="module")
+def setting():
+    spec = parse_spec(SPEC)
+    gen = torch.Generator().manual_seed(0)
+    reference = spec.mixture.sample(1500, gen)[0]
+    negation = NegationSet.from_latents(spec.negation_set())
+    return spec, negation, reference
+
+
+def _levels(ratio):
+    a = torch.tensor(1 / (1 + ratio ** 2) ** 0.5, dtype=torch.float64)
+    return a, a * ratio
+
+
+def test_ratio_prior_recovers_the_negated_mass(setting):
+    spec, negation, reference = setting
+    assert KernelRatioBeta(negation, reference).prior == pytest.approx(0.4, abs=0.06)
+
+
+@pytest.mark.parametrize("ratio", [50.0, 5.0, 1.0])
+def test_ratio_estimate_tracks_exact_beta_at_high_and_mid_noise(setting, ratio):
+    spec, negation, reference = setting
+    negation.latents = negation.latents.double()
+    est = KernelRatioBeta(negation, reference)
+    a, s = _levels(ratio)
+    x0 = spec.mixture.sample(2000, torch.Generator().manual_seed(1))[0]
+    x = a * x0 + s * torch.randn(x0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    unsafe = negation.posterior(x, a, s, smoothing=negation.bandwidth)
+    beta = est(x, a, s, spec.mixture.denoise(x, a, s), unsafe)
+    exact = spec.mixture.beta(x, a, s, spec.negate)
+    assert float((beta - exact).abs().mean()) < 0.05
+
+
+def test_gate_is_one_on_the_set_and_zero_far_away(setting):
+    spec, negation, _ = setting
+    gate = KernelGateBeta(negation)
+    inside = negation.latents[:50].double()
+    far = inside + 100
+    one = torch.tensor(1.0, dtype=torch.float64)
+    assert float(gate(inside, one, one, inside, None).median()) > 0.99
+    assert float(gate(far, one, one, far, None).max()) < 1e-6
+
+
+def test_hybrid_is_the_larger_of_ratio_and_gate(setting):
+    spec, negation, reference = setting
+    hybrid = HybridBeta(negation, reference)
+    a, s = _levels(0.5)
+    x = spec.mixture.sample(200, torch.Generator().manual_seed(3))[0] * a
+    d = spec.mixture.denoise(x, a, s)
+    unsafe = negation.posterior(x, a, s, smoothing=negation.bandwidth)
+    expected = torch.maximum(hybrid.ratio(x, a, s, d, unsafe), hybrid.gate(x, a, s, d, unsafe))
+    torch.testing.assert_close(hybrid(x, a, s, d, unsafe), expected)
+
+
+def test_default_estimator_follows_the_reference(setting):
+    _, negation, reference = setting
+    assert isinstance(SafeDenoiser(negation).beta, KernelGateBeta)
+    assert isinstance(SafeDenoiser(negation, reference=reference).beta, HybridBeta)
+    with_ref = NegationSet(negation.latents, reference=reference.float())
+    assert isinstance(SafeDenoiser(with_ref).beta, HybridBeta)
+    with pytest.raises(SafeDenoiserError, match="needs reference samples"):
+        SafeDenoiser(negation, beta="ratio")
+
+
+def test_paper_rule_matches_the_authors_formula():
+    gen = torch.Generator().manual_seed(4)
+    y = torch.randn(40, 16, generator=gen)
+    neg = NegationSet.from_latents(y)
+    rule = PaperRule(neg, h=1.5, s=0.3, window=2.0, tau=0.0)
+    x0 = y[:3] + 0.1 * torch.randn(3, 16, generator=gen)
+    ones = torch.ones(3)
+    out, mass, acted = rule(x0, ones * 0.3, ones * 0.95, x0)  # sigma / alpha = 3.2 >= window
+    k = torch.exp(-(x0[:, None] - y[None]).norm(dim=-1) / (2 * 1.5 ** 2))
+    m = k.sum(1)
+    d_neg = (k @ y) / (m[:, None] + 1e-8)
+    torch.testing.assert_close(mass, m, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, x0 - 0.3 * d_neg, rtol=1e-4, atol=1e-5)
+    assert acted.all()
+
+
+def test_paper_rule_acts_only_inside_the_window_and_above_tau():
+    y = torch.randn(30, 8, generator=torch.Generator().manual_seed(5))
+    neg = NegationSet.from_latents(y)
+    rule = PaperRule(neg, h=1.0, s=0.5, window=4.67)
+    assert rule.tau == pytest.approx(calibrate_tau(neg, 1.0, 0.05))
+    x0 = torch.cat([y[:2], y[:2] + 50])
+    ones = torch.ones(4)
+    _, _, acted_late = rule(x0, ones, ones * 0.5, x0)  # sigma / alpha = 0.5 < 4.67: outside the window
+    _, _, acted_early = rule(x0, ones * 0.1, ones * 0.995, x0)
+    assert not acted_late.any()
+    assert acted_early.tolist() == [True, True, False, False]
