@@ -127,6 +127,18 @@ def test_negation_build_skips_non_images_and_records_the_class(negation_file, ne
     assert neg.metadata["source_dir"] == str(negation_images.resolve())
 
 
+def test_negation_build_stores_reference_images_for_the_hybrid_beta(model, negation_images, tmp_path):
+    out = tmp_path / "set.safetensors"
+    code, _, err = _run(["negation", "build", "--model", model, "--images", str(negation_images), "--out", str(out),
+                         "--reference-images", str(negation_images), "-q"])
+    assert code == 0, err
+    neg = NegationSet.load(out)
+    assert neg.reference is not None and neg.reference.shape == neg.latents.shape
+    from safedenoiser.core.beta import HybridBeta
+    from safedenoiser import SafeDenoiser
+    assert isinstance(SafeDenoiser(neg).beta, HybridBeta)
+
+
 def test_negation_build_lists_skipped_files_and_refuses_to_overwrite(model, negation_images, tmp_path):
     out = tmp_path / "set.safetensors"
     args = ["negation", "build", "--model", model, "--images", str(negation_images), "--out", str(out), "-q"]

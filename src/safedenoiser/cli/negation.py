@@ -70,6 +70,8 @@ def build(
     out: Path = typer.Option(..., "--out", help="The negation set to write (.safetensors)."),
     class_label: Optional[int] = typer.Option(None, "--class-label", help="The class all images belong to "
                                               "(bundled class models): recorded as negated_class."),
+    reference_images: Optional[Path] = typer.Option(None, "--reference-images", help="A folder of ordinary images "
+                                                    "(typical outputs of the model); enables the ratio/hybrid beta."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per VAE call."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
@@ -106,6 +108,14 @@ def build(
     if negated_class is not None and classes is not None and negated_class >= classes:
         raise SafeDenoiserError(f"--class-label {negated_class} is not a class of {model}; use 0..{classes - 1}")
     neg = NegationSet.from_images(pipe, good, batch_size=batch_size, progress=not quiet)
+    if reference_images is not None:
+        ref_good, ref_bad = scan_images(reference_images)
+        for path, reason in ref_bad:
+            typer.secho(f"skipped {path}: {reason}", fg="yellow", err=True)
+        if not ref_good:
+            raise SafeDenoiserError(f"no readable images in --reference-images {reference_images}")
+        neg.reference = NegationSet.from_images(pipe, ref_good, batch_size=batch_size, progress=not quiet).latents
+        neg.metadata["n_reference_images"] = str(len(ref_good))
     neg.metadata.update(model=model_id(model), source_dir=str(images.resolve()), n_images=str(len(good)))
     if negated_class is not None:
         neg.metadata["negated_class"] = str(negated_class)
