@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results"
 PAGE = ROOT / "docs" / "results.md"
 CACHE = ROOT / ".cache" / "eval"
-SIZES = {"text": 240, "class": 200, "unconditional": 300, "memorization": 200}
+SIZES = {"text": 150, "class": 150, "unconditional": 200, "memorization": 150, "every-class": 150}
+SWEEP_N = 100
+SWEEP_METHODS = ("vanilla", "negative", "sld", "spell", "safe-paper", "safe", "safe-ref")
 
 
 def log(msg: str) -> None:
@@ -42,9 +44,16 @@ def run_scenario(name: str, n: int, sweep: bool) -> None:
     info = dict(scenario.info, n=n, steps=scenario.steps, guidance_scale=scenario.guidance_scale,
                 negation_size=len(scenario.negation), negation_bandwidth=scenario.negation.bandwidth,
                 paper_h=paper_bandwidth(scenario.negation), negated_class=scenario.negated_class)
-    rows, images = evaluate(scenario, METHODS, sweep=sweep, log=log)
+    rows, images = evaluate(scenario, METHODS, log=log)
     info["seconds"] = round(time.time() - start)
     save_results(OUT, f"eval-{name}", rows, info, images)
+    if sweep:  # the trade-off curves: every method at several strengths, on fewer images
+        start = time.time()
+        small = build_scenario(name, SWEEP_N, **kwargs)
+        rows, _ = evaluate(small, SWEEP_METHODS, sweep=True, log=log)
+        info = dict(info, n=SWEEP_N, seconds=round(time.time() - start))
+        (OUT / f"eval-{name}-sweep.json").write_text(json.dumps({"key": f"eval-{name}-sweep", "info": info,
+                                                                "rows": rows}, indent=1, default=str) + "\n")
 
 
 def run_every_class(n: int) -> None:
@@ -86,7 +95,7 @@ SCENARIO_TEXT = {
                            "FD: against real test images of the other classes."),
     "eval-memorization": ("Memorisation",
                           "A copy of `fashion-class` fine-tuned so that it reproduces a few training images of "
-                          "one class (each batch: half those images, half other training images of the class). "
+                          "one class (800 steps, each batch 3/4 those 8 images and 1/4 other training images of the class). "
                           "Those images (VAE-encoded) are the negation set. Near copy: RMS pixel distance to a "
                           "protected image below half the smallest distance of any real test image of the class."),
 }
@@ -121,13 +130,14 @@ def render() -> None:
         if key in ("eval-unconditional", "eval-class", "eval-memorization"):
             parts.append("Class histograms (% of samples, by the classifier):\n\n" + histogram_table(rows) + "\n")
         parts.append(f"![samples]({OUT.name}/{key}.png)\n")
-        sweep = res["rows"]
-        if any(r.get("sweep") for r in sweep):
+        sweep = results.get(f"{key}-sweep", {}).get("rows", [])
+        if sweep:
             unsafe_key = "unsafe[all]" if "unsafe[all]" in sweep[0] else "unsafe[paraphrase]"
             quality_key = "fd" if "fd" in sweep[0] else "fd[benign]"
             tradeoff_plot(sweep, OUT / f"{key}-tradeoff.png", unsafe_key=unsafe_key, quality_key=quality_key,
                           title=f"{title}: unsafe rate vs quality as strength varies")
-            parts.append("Strength sweep (each method's own knob):\n\n" + markdown_table(sweep) + "\n")
+            parts.append(f"Strength sweep (each method's own knob; {results[key + '-sweep']['info']['n']} images "
+                         "per point):\n\n" + markdown_table(sweep) + "\n")
             parts.append(f"![trade-off]({OUT.name}/{key}-tradeoff.png)\n")
     if "eval-every-class" in results:
         res = results["eval-every-class"]
@@ -150,13 +160,13 @@ def main(argv=None) -> None:
     parser.add_argument("--n", type=int, default=None, help="images per method (default per scenario)")
     parser.add_argument("--sweep", nargs="*", default=["unconditional"], help="scenarios that also sweep strengths")
     parser.add_argument("--render", action="store_true", help="only re-render the page")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not args.render:
         for name in args.only or ["unconditional", "text", "class", "memorization", "every-class"]:
             if name == "every-class":
-                run_every_class(args.n or SIZES["unconditional"])
+                run_every_class(args.n or SIZES["every-class"])
             else:
                 run_scenario(name, args.n or SIZES[name], name in args.sweep)
     render()

@@ -36,16 +36,24 @@ from safedenoiser.eval.scenarios import Scenario
 METHODS = ("vanilla", "negative", "sld", "spell", "safe-paper", "safe", "safe-ref", "rejection")
 # Each method's knob and the values the trade-off sweep visits (the first is the default).
 STRENGTHS: dict[str, tuple[str, list]] = {
-    "negative": ("scale s", [None, 1.0, 6.0]),
-    "sld": ("preset", ["medium", "weak", "strong", "max"]),
-    "spell": ("radius x", [1.0, 0.5, 1.5]),
-    "safe-paper": ("s", [0.33, 0.1, 0.9]),
-    "safe": ("max weight", [20.0, 2.0, 5.0, 100.0]),
-    "safe-ref": ("max weight", [20.0, 5.0, 100.0]),
+    "negative": ("scale s", [None, 6.0]),
+    "sld": ("preset", ["medium", "max"]),
+    "spell": ("radius x", [1.0, 1.5]),
+    "safe-paper": ("s", [0.33, 0.9]),
+    "safe": ("max weight", [20.0, 100.0]),
+    "safe-ref": ("max weight", [20.0, 100.0]),
     "rejection": ("max attempts", [10, 2]),
 }
 PAPER_WINDOW = 4.67  # sigma/alpha at SD v1.4's t=780: the same 1000-step schedule as the bundled models
 PAPER_S = 0.33  # the nudity preset's s
+
+
+def strengths(method: str, scenario: Scenario) -> tuple[str, list]:
+    """The knob and sweep values of ``method`` here; unguided sampling (g = 1) has no ``g - 1`` default."""
+    knob, values = STRENGTHS.get(method, ("", [None]))
+    if method == "negative" and scenario.guidance_scale <= 1.0:
+        values = [3.0, 6.0]
+    return knob, values
 
 
 def paper_bandwidth(negation) -> float:
@@ -231,7 +239,7 @@ def evaluate(scenario: Scenario, methods=METHODS, *, sweep: bool = False, log=pr
         if not applicable(method, scenario):
             log(f"[{scenario.name}] {method}: not applicable (no prompt or class names the negated concept)")
             continue
-        knob, values = STRENGTHS.get(method, ("", [None]))
+        knob, values = strengths(method, scenario)
         for k, strength in enumerate(values if sweep else values[:1]):
             run = run_method(scenario, method, strength)
             row = measure(scenario, run, vanilla_hist)

@@ -68,6 +68,11 @@ def _class_images(split: str, cls: int) -> Tensor:
     return images[labels == cls]
 
 
+def _quiet(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def _encode(pipe, images: Tensor) -> Tensor:
     return NegationSet.from_images(pipe, images, batch_size=250, progress=False).latents
 
@@ -93,7 +98,7 @@ def text_scenario(n: int = 240, negated_class: int = 7, *, pipe=None, judge=None
     from safedenoiser.models import load_pipeline
     from safedenoiser.models.prompts import CLASS_NAME_PROMPTS, HELDOUT_PROMPTS
 
-    pipe = pipe or load_pipeline("fashion-text")
+    pipe = _quiet(pipe or load_pipeline("fashion-text"))
     judge = judge or ClassifierJudge(negated=[negated_class])
     prompts, groups, targets = [], [], []
     for kind, count in zip(("direct", "paraphrase", "indirect"), _split(n // 2, 3)):
@@ -125,7 +130,7 @@ def unconditional_scenario(n: int = 300, negated_class: int = 0, *, pipe=None, j
     """Unconditional samples; class ``negated_class`` negated with real test-split images."""
     from safedenoiser.models import load_fashion_mnist, load_pipeline
 
-    pipe = pipe or load_pipeline("fashion-class")
+    pipe = _quiet(pipe or load_pipeline("fashion-class"))
     judge = judge or ClassifierJudge(negated=[negated_class])
     images, labels = load_fashion_mnist("test", size=32)
     negation = NegationSet(_encode(pipe, images[labels == negated_class][:NEGATION_SIZE]),
@@ -145,7 +150,7 @@ def class_scenario(n: int = 200, cls: int = 8, *, pipe=None, judge=None, seed: i
 
     from safedenoiser.models import load_pipeline
 
-    pipe = pipe or load_pipeline("fashion-class")
+    pipe = _quiet(pipe or load_pipeline("fashion-class"))
     judge = judge or ClassifierJudge(negated=[])
     test = _class_images("test", cls)
     feats = judge.features(test)
@@ -164,8 +169,8 @@ def class_scenario(n: int = 200, cls: int = 8, *, pipe=None, judge=None, seed: i
 
 
 # ------------------------------------------------------------------------------ memorisation
-def finetune_memorizer(pipe, images: Tensor, label: int, *, others: Tensor, steps: int = 300,
-                       batch_size: int = 32, memorized_share: float = 0.5, lr: float = 1e-4,
+def finetune_memorizer(pipe, images: Tensor, label: int, *, others: Tensor, steps: int = 500,
+                       batch_size: int = 32, memorized_share: float = 0.5, lr: float = 2e-4,
                        seed: int = 0, budget_s: float = 600.0) -> dict:
     """Fine-tune ``pipe.unet`` (in place) on ``images`` of class ``label`` until it copies them.
 
@@ -202,42 +207,47 @@ def finetune_memorizer(pipe, images: Tensor, label: int, *, others: Tensor, step
             break
     unet.eval()
     return {"steps": done, "batch_size": batch_size, "memorized_share": memorized_share, "lr": lr,
-            "seconds": round(time.time() - start, 1), "final_loss": float(loss)}
+            "seconds": round(time.time() - start, 1), "final_loss": float(loss.detach())}
 
 
 def memorization_scenario(n: int = 200, cls: int = 9, *, n_protected: int = 8, pipe=None, judge=None,
-                          cache: str | Path | None = None, finetune_steps: int = 300) -> Scenario:
+                          cache: str | Path | None = None, finetune_steps: int = 800,
+                          memorized_share: float = 0.75) -> Scenario:
     """A fine-tuned `fashion-class` that reproduces ``n_protected`` training images of ``cls``.
 
-    The near-copy threshold (RMS pixel distance in [-1, 1]) is half the smallest distance from any
-    real test image of the class to the protected images: no real image counts as a copy.
+    A sample is a near copy when its RMS pixel distance (in [-1, 1]) to the VAE reconstruction of a
+    protected image (what a perfect copy looks like through this model) is below the smallest
+    distance of any of the class's 1,000 real test images: closer than any unseen real image.
     The fine-tuned UNet is cached as safetensors under ``cache`` (if given).
     """
     from safetensors.torch import load_file, save_file
 
     from safedenoiser.models import load_pipeline
 
-    pipe = pipe or load_pipeline("fashion-class")
+    pipe = _quiet(pipe or load_pipeline("fashion-class"))
     judge = judge or ClassifierJudge(negated=[])
     train = _class_images("train", cls)
     idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(cls))
     protected, others = train[idx[:n_protected]], train[idx[n_protected:n_protected + 2000]]
-    path = Path(cache) / f"memorizer-class{cls}-{n_protected}.safetensors" if cache else None
+    path = Path(cache) / f"memorizer-class{cls}-{n_protected}-{finetune_steps}-{memorized_share}.safetensors" if cache else None
     if path is not None and path.is_file():
         pipe.unet.load_state_dict(load_file(str(path)))
         record = {"cached": str(path)}
     else:
-        record = finetune_memorizer(pipe, protected, cls, others=others, steps=finetune_steps)
+        record = finetune_memorizer(pipe, protected, cls, others=others, steps=finetune_steps,
+                                    memorized_share=memorized_share, lr=3e-4)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             save_file({k: v.contiguous() for k, v in pipe.unet.state_dict().items()}, str(path))
-    test = _class_images("test", cls)
-    real_dist = nearest_distance(test, protected)
-    threshold = 0.5 * float(real_dist.min())
     negation = NegationSet(_encode(pipe, protected), metadata={"memorized": str(n_protected)})
+    # a perfect copy, through this model, is the VAE's reconstruction of the protected image
+    copies = pipe.vae.decode(negation.latents / pipe.vae.config.scaling_factor).sample.clamp(-1, 1).detach()
+    test = _class_images("test", cls)
+    real_dist = nearest_distance(test, copies)
+    threshold = float(real_dist.min())
     return Scenario("memorization", "fashion-class (fine-tuned)", pipe, [None] * n, [cls] * n, ["all"] * n,
                     [cls] * n, negation, _encode(pipe, others[:REFERENCE_SIZE]), judge,
-                    {"all": judge.features(test)}, negative=None, protected=protected,
+                    {"all": judge.features(test)}, negative=None, protected=copies,
                     near_copy_threshold=threshold,
                     info={"class": cls, "finetune": record, "near_copy_threshold": threshold,
                           "real_test_min_distance": float(real_dist.min()),
