@@ -23,8 +23,8 @@ TOKENIZER_MAX_LENGTH = 24
 
 # Sampling settings measured by benchmarks/model_quality.py (numbers in each training.json).
 DEFAULT_SAMPLING: dict[str, dict] = {
-    "fashion-text": {"num_inference_steps": 25, "guidance_scale": 4.0},
-    "fashion-class": {"num_inference_steps": 25, "guidance_scale": 4.0},
+    "fashion-text": {"num_inference_steps": 25, "guidance_scale": 5.0},
+    "fashion-class": {"num_inference_steps": 25, "guidance_scale": 5.0},
 }
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
