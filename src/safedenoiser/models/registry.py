@@ -84,10 +84,18 @@ def _from_folder(path: Path, dtype: torch.dtype):
         # a bundled-style folder: the MiniLM encoder comes from its package, not the folder
         from diffusers import StableDiffusionPipeline
 
+        from diffusers.utils import logging as diffusers_logging
+
         text_encoder, tokenizer = load_text_encoder(dtype)
-        return StableDiffusionPipeline.from_pretrained(
-            path, text_encoder=text_encoder, tokenizer=tokenizer, safety_checker=None,
-            feature_extractor=None, requires_safety_checker=False, dtype=dtype)
+        # diffusers warns that SD expects a CLIPTextModel; a BertModel is what this folder means
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()
+        try:
+            return StableDiffusionPipeline.from_pretrained(
+                path, text_encoder=text_encoder, tokenizer=tokenizer, safety_checker=None,
+                feature_extractor=None, requires_safety_checker=False, dtype=dtype)
+        finally:
+            diffusers_logging.set_verbosity(level)
     from diffusers import DiffusionPipeline
 
     return DiffusionPipeline.from_pretrained(path, dtype=dtype)

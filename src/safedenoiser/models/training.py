@@ -243,11 +243,11 @@ def encode_dataset(vae_dir: Path | None = None, cache: Path | None = None,
     with torch.no_grad():
         for i in tqdm(range(0, len(x), batch_size), desc="encode latents"):
             dist = vae.encode(x[i:i + batch_size]).latent_dist
-            means.append(dist.mean)
-            stds.append(dist.std)
+            means.append(dist.mean.contiguous())
+            stds.append(dist.std.contiguous())
     mean, std = torch.cat(means), torch.cat(stds)
     if cache is not None:
-        save_file({"mean": mean, "std": std, "labels": labels,
+        save_file({"mean": mean.contiguous(), "std": std.contiguous(), "labels": labels,
                    "stamp": torch.tensor(stamp, dtype=torch.int64)}, str(cache))
     return mean, std, labels, vae.config.scaling_factor
 
@@ -314,7 +314,7 @@ def bundled_scheduler():
     return DDIMScheduler(**SCHEDULE)
 
 
-def train_text_unet(out: Path | None = None, steps: int = 3000, seed: int = 0,
+def train_text_unet(out: Path | None = None, steps: int = 2400, seed: int = 0,
                     batch_size: int = 64, lr: float = 8e-4, caption_dropout: float = 0.12,
                     ema_decay: float = 0.998, vae_dir: Path | None = None,
                     cache: Path | None = None, threads: int | None = 2) -> dict:
