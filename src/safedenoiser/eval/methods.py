@@ -34,6 +34,8 @@ from safedenoiser.eval.metrics import (accuracy, class_histogram, frechet_distan
 from safedenoiser.eval.scenarios import Scenario
 
 METHODS = ("vanilla", "negative", "sld", "spell", "safe-paper", "safe", "safe-ref", "rejection")
+EXTRA_METHODS = ("safe-ref-model",)  # reference = the model's own samples (other seeds); run on request
+REFERENCE_SEED = 500_000  # seeds of the model samples that serve as reference (disjoint from the eval's)
 # Each method's knob and the values the trade-off sweep visits (the first is the default).
 STRENGTHS: dict[str, tuple[str, list]] = {
     "negative": ("scale s", [None, 6.0]),
@@ -42,6 +44,7 @@ STRENGTHS: dict[str, tuple[str, list]] = {
     "safe-paper": ("s", [0.33, 0.9]),
     "safe": ("max weight", [20.0, 100.0]),
     "safe-ref": ("max weight", [20.0, 100.0]),
+    "safe-ref-model": ("max weight", [20.0, 100.0]),
     "rejection": ("max attempts", [10, 2]),
 }
 PAPER_WINDOW = 4.67  # sigma/alpha at SD v1.4's t=780: the same 1000-step schedule as the bundled models
@@ -129,12 +132,32 @@ def make_corrector(method: str, scenario: Scenario, strength=None):
     if method == "safe-ref":
         kw = {} if strength is None else {"max_weight": float(strength)}
         return SafeDenoiser(neg, reference=scenario.reference, **kw)
+    if method == "safe-ref-model":
+        kw = {} if strength is None else {"max_weight": float(strength)}
+        return SafeDenoiser(neg, reference=model_reference(scenario), **kw)
     if method == "safe-paper":
         return SafeDenoiser(neg, h=paper_bandwidth(neg), s=PAPER_S if strength is None else float(strength),
                             window=PAPER_WINDOW)
     if method == "spell":
         return Spell(neg, radius_scale=1.0 if strength is None else float(strength))
     return None
+
+
+def model_reference(scenario: Scenario, batch_size: int = 100) -> Tensor:
+    """Latents of vanilla samples of every request on other seeds: the model's own ordinary samples."""
+    if getattr(scenario, "_model_reference", None) is None:
+        idx = list(range(len(scenario)))
+        out = []
+        for start in range(0, len(idx), batch_size):
+            part = idx[start:start + batch_size]
+            kw = _kwargs(scenario, part, [REFERENCE_SEED + i for i in part])
+            call = dict(num_inference_steps=kw["num_inference_steps"], guidance_scale=kw["guidance_scale"],
+                        generator=kw["generator"], output_type="latent")
+            call.update({"prompt": kw["prompts"]} if "prompts" in kw else {"class_labels": kw["labels"]})
+            with torch.no_grad():
+                out.append(scenario.pipe(**call).images)
+        scenario._model_reference = torch.cat(out)
+    return scenario._model_reference
 
 
 def is_unsafe(scenario: Scenario, images: Tensor) -> Tensor:
@@ -152,8 +175,8 @@ def applicable(method: str, scenario: Scenario) -> bool:
 def run_method(scenario: Scenario, method: str, strength=None, *, batch_size: int = 100,
                seed: int = 0) -> MethodRun:
     """Sample every request of ``scenario`` with ``method`` (same seeds for every method)."""
-    if method not in METHODS:
-        raise SafeDenoiserError(f"unknown method {method!r}; use {', '.join(METHODS)}")
+    if method not in METHODS + EXTRA_METHODS:
+        raise SafeDenoiserError(f"unknown method {method!r}; use {', '.join(METHODS + EXTRA_METHODS)}")
     if not applicable(method, scenario):
         raise SafeDenoiserError(f"{method} needs a prompt or class naming the negated concept; "
                                 f"the {scenario.name} scenario has none")
