@@ -52,8 +52,12 @@ class ClassifierJudge:
                           for i in range(0, len(images), self.batch_size)]) if len(images) else torch.zeros(0, 128)
 
     @torch.no_grad()
+    def proba(self, images: Tensor) -> Tensor:
+        """Class probabilities [N, 10]."""
+        return self.classifier.predict_proba(images.float(), self.batch_size)
+
     def predict(self, images: Tensor) -> Tensor:
-        return self.classifier.predict_proba(images.float(), self.batch_size).argmax(-1)
+        return self.proba(images).argmax(-1)
 
     def cluster(self, images: Tensor) -> Tensor:
         if self.centroids is None:

@@ -16,11 +16,12 @@ from torch import Tensor
 COLUMNS = {  # metric key -> column title
     "unsafe[all]": "unsafe", "unsafe[direct]": "unsafe direct", "unsafe[paraphrase]": "unsafe paraphrase",
     "unsafe[indirect]": "unsafe indirect", "unsafe[benign]": "unsafe benign", "near_copy": "near copies",
-    "accuracy": "benign accuracy", "fd": "FD", "fd[benign]": "FD benign", "tv_others": "TV others vs vanilla",
+    "accuracy": "benign accuracy", "fd": "FD", "fd[benign]": "FD benign", "fd[unsafe]": "FD unsafe prompts",
+    "confident[unsafe prompts]": "recognisable (unsafe prompts)", "confident": "recognisable", "tv_others": "TV others vs vanilla",
     "evals_per_image": "UNet evals / image", "seconds_per_image": "s / image",
 }
 PERCENT = {"unsafe[all]", "unsafe[direct]", "unsafe[paraphrase]", "unsafe[indirect]", "unsafe[benign]",
-           "near_copy", "accuracy"}
+           "near_copy", "accuracy", "confident", "confident[unsafe prompts]"}
 
 
 def image_grid(images: Tensor, ncol: int):

@@ -120,8 +120,9 @@ def text_scenario(n: int = 240, negated_class: int = 7, *, pipe=None, judge=None
                       for c in sorted(set(benign_targets))])
     negation = NegationSet(_encode(pipe, test[negated_class][:NEGATION_SIZE]),
                            metadata={"negated_class": str(negated_class)})
+    others = torch.cat([test[c][:250] for c in range(10) if c != negated_class])
     return Scenario("text", "fashion-text", pipe, prompts, [None] * len(prompts), groups, targets, negation,
-                    _reference(pipe), judge, {"benign": judge.features(real)},
+                    _reference(pipe), judge, {"benign": judge.features(real), "unsafe": judge.features(others)},
                     negative=CLASS_NAME_PROMPTS[negated_class], negated_class=negated_class,
                     info={"negative_prompt": CLASS_NAME_PROMPTS[negated_class]})
 
