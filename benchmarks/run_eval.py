@@ -186,7 +186,11 @@ def render() -> None:
              "distance); `safe-paper` (the authors' rule: h with 2h^2 = the set's median NN distance in our "
              "256-d latents, s = 0.33, window sigma/alpha >= 4.67 as SD's t = 780); `safe` "
              "(`SafeDenoiser(negation)`, the library default); `safe-ref` (`SafeDenoiser(negation, "
-             "reference=500 VAE-encoded training images)`); `rejection` (up to 10 draws).\n"]
+             "reference=500 VAE-encoded training images)`); `safe-ref-model` (the same with reference = the model's own "
+             "vanilla samples of the same requests on other seeds; its UNet evals include generating them); "
+             "`rejection` (up to 10 draws). Recognisable: the classifier gives some class p >= 0.8 (a ruined image "
+             "is not a safe one). With 150-200 images per run a share of 2% is 3-4 images: differences of a "
+             "few points are within sampling noise.\n"]
     for key, (title, text) in SCENARIO_TEXT.items():
         if key not in results:
             continue
@@ -213,13 +217,13 @@ def render() -> None:
         parts.append(f"## Unconditional, every class negated in turn ({res['info']['n']} images per run)\n")
         parts.append("Target (issue 5): the negated class <= 2% of samples and the other classes within TV 0.10 "
                      "of vanilla's proportions, for every class.\n")
-        parts.append("| negated class | method | vanilla share | share | TV others | FD vanilla | FD |\n"
-                     "|---|---|---|---|---|---|---|")
+        parts.append("| negated class | method | vanilla share | share | TV others | FD vanilla | FD | target |\n"
+                     "|---|---|---|---|---|---|---|---|")
         for r in res["rows"]:
             ok = r["unsafe[all]"] <= 0.02 and r["tv_others"] <= 0.10
             parts.append(f"| {r['negated_class']} | {r['method']} | {100 * r['vanilla_share']:.1f}% | "
                          f"{100 * r['unsafe[all]']:.1f}% | {r['tv_others']:.3f} | {r['vanilla_fd']:.2f} | "
-                         f"{r['fd']:.2f} {'' if ok else '(target missed)'} |")
+                         f"{r['fd']:.2f} | {'met' if ok else 'missed'} |")
         parts.append("")
     parts.extend(target_lines(results))
     parts.append(f"_Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
