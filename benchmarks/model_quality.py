@@ -24,7 +24,8 @@ import torch
 
 from safedenoiser.models.data import CLASS_NAMES, load_fashion_mnist
 from safedenoiser.models.prompts import CLASS_NAME_PROMPTS, HELDOUT_PROMPTS
-from safedenoiser.models.registry import WEIGHTS_DIR, load_classifier, load_pipeline
+from safedenoiser.models.registry import (WEIGHTS_DIR, load_classifier, load_pipeline,
+                                          sampling_defaults)
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -34,7 +35,9 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double().numpy(), b.double().numpy()
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(cov_a @ cov_b).real
+    # ReLU features have dead dimensions: regularise as the reference FID code does when singular
+    offset = np.eye(len(cov_a)) * 1e-6
+    covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset)).real
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
 
 
@@ -120,8 +123,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=50, help="samples per class (labels, class names)")
     parser.add_argument("--heldout-n", type=int, default=20, help="samples per held-out prompt")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--steps", type=int, default=None, help="default: the model's default")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="default: the model's default (registry.DEFAULT_SAMPLING)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=["fashion-class", "fashion-text"])
     parser.add_argument("--threads", type=int, default=2)
@@ -139,20 +143,24 @@ def main() -> None:
     with torch.no_grad():
         test_acc = (judge.predict(x_test) == y_test).float().mean().item()
         test_feats = judge.features_eval(x_test[:2000])
-    settings = {"num_inference_steps": args.steps, "guidance_scale": args.guidance,
-                "scheduler": "DDIMScheduler (eta 0)", "seed": args.seed,
-                "n_per_class": args.n, "n_per_heldout_prompt": args.heldout_n}
-    report = {"classifier_test_accuracy": round(test_acc, 4), "settings": settings}
+    report = {"classifier_test_accuracy": round(test_acc, 4), "settings": {}}
     grids = []
     for model in args.models:
+        defaults = sampling_defaults(model)
+        steps = args.steps or defaults["num_inference_steps"]
+        guidance = args.guidance or defaults["guidance_scale"]
+        settings = {"num_inference_steps": steps, "guidance_scale": guidance,
+                    "scheduler": "DDIMScheduler (eta 0)", "seed": args.seed,
+                    "n_per_class": args.n, "n_per_heldout_prompt": args.heldout_n}
+        report["settings"][model] = settings
         start = time.time()
         with torch.no_grad():
             if model == "fashion-class":
-                result, images = evaluate_class(judge, args.n, args.steps, args.guidance,
-                                                args.seed, test_feats)
+                result, images = evaluate_class(judge, args.n, steps, guidance, args.seed,
+                                                test_feats)
             else:
-                result, images = evaluate_text(judge, args.n, args.heldout_n, args.steps,
-                                               args.guidance, args.seed)
+                result, images = evaluate_text(judge, args.n, args.heldout_n, steps, guidance,
+                                               args.seed)
         result["wall_seconds"] = round(time.time() - start, 1)
         report[model] = result
         grids.append(images)
@@ -179,12 +187,17 @@ def main() -> None:
 
 
 def _markdown(report: dict) -> str:
-    s = report["settings"]
+    sampling = "; ".join(
+        f"{model}: DDIM {s['num_inference_steps']} steps, guidance {s['guidance_scale']}"
+        for model, s in report["settings"].items())
+    s = next(iter(report["settings"].values()))
     lines = ["# Bundled model quality", "",
+             "Regenerate with `python benchmarks/model_quality.py --write --out "
+             "docs/results/model_quality.md --grid docs/results/model_samples.png`.", "",
              f"Judge: the bundled classifier (test accuracy {report['classifier_test_accuracy']:.3f}). "
-             f"Sampling: DDIM {s['num_inference_steps']} steps, guidance {s['guidance_scale']}, "
-             f"seed {s['seed']}; {s['n_per_class']} samples per class, "
-             f"{s['n_per_heldout_prompt']} per held-out prompt. "
+             f"Sampling ({sampling}), seed {s['seed']}; {s['n_per_class']} samples per class, "
+             f"{s['n_per_heldout_prompt']} per held-out prompt (prompts in "
+             "`safedenoiser/models/prompts.py`). "
              "Numbers: share of samples the judge assigns to the requested class.", ""]
     columns = []
     if "fashion-class" in report:

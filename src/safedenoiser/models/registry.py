@@ -23,7 +23,7 @@ TOKENIZER_MAX_LENGTH = 24
 
 # Sampling settings measured by benchmarks/model_quality.py (numbers in each training.json).
 DEFAULT_SAMPLING: dict[str, dict] = {
-    "fashion-text": {"num_inference_steps": 25, "guidance_scale": 5.0},
+    "fashion-text": {"num_inference_steps": 25, "guidance_scale": 7.5},
     "fashion-class": {"num_inference_steps": 25, "guidance_scale": 5.0},
 }
 

@@ -222,6 +222,17 @@ NULL_CLASS = 10
 from safedenoiser.models.registry import TOKENIZER_MAX_LENGTH  # noqa: E402
 
 
+def _vae_dir(vae_dir: Path | None) -> Path:
+    """The VAE folder the UNets train on; a clear error when it has not been trained."""
+    from safedenoiser.errors import SafeDenoiserError
+
+    path = Path(vae_dir) if vae_dir else WEIGHTS_DIR / "fashion-vae"
+    if not (path / "config.json").is_file():
+        raise SafeDenoiserError(f"no AutoencoderKL in {path}: train one first with "
+                                "`safe-denoiser train vae` (or pass --vae FOLDER)")
+    return path
+
+
 def encode_dataset(vae_dir: Path | None = None, cache: Path | None = None,
                    batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Posterior mean and std of every training image under the VAE, the labels, the scaling factor.
@@ -231,7 +242,7 @@ def encode_dataset(vae_dir: Path | None = None, cache: Path | None = None,
     from diffusers import AutoencoderKL
     from safetensors.torch import load_file, save_file
 
-    vae_dir = Path(vae_dir) if vae_dir else WEIGHTS_DIR / "fashion-vae"
+    vae_dir = _vae_dir(vae_dir)
     vae = AutoencoderKL.from_pretrained(vae_dir).eval()
     stamp = (vae_dir / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
     if cache is not None and Path(cache).is_file():
@@ -331,7 +342,7 @@ def train_text_unet(out: Path | None = None, steps: int = 2400, seed: int = 0,
 
     _setup(threads)
     out = Path(out) if out else WEIGHTS_DIR / "fashion-text"
-    vae_dir = Path(vae_dir) if vae_dir else WEIGHTS_DIR / "fashion-vae"
+    vae_dir = _vae_dir(vae_dir)
     gen = seed_everything(seed)
     mean, std, labels, scaling = encode_dataset(vae_dir, cache)
     vae = AutoencoderKL.from_pretrained(vae_dir)
@@ -383,7 +394,7 @@ def train_class_unet(out: Path | None = None, steps: int = 3000, seed: int = 0,
 
     _setup(threads)
     out = Path(out) if out else WEIGHTS_DIR / "fashion-class"
-    vae_dir = Path(vae_dir) if vae_dir else WEIGHTS_DIR / "fashion-vae"
+    vae_dir = _vae_dir(vae_dir)
     gen = seed_everything(seed)
     mean, std, labels, scaling = encode_dataset(vae_dir, cache)
     vae = AutoencoderKL.from_pretrained(vae_dir)
