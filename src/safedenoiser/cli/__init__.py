@@ -4,7 +4,7 @@ import sys
 
 import typer
 
-from safedenoiser.cli import generate, negation, toy  # noqa: F401  (register their commands on `app`)
+from safedenoiser.cli import demo, generate, negation, toy  # noqa: F401  (register their commands on `app`)
 from safedenoiser.cli import train  # noqa: F401
 from safedenoiser.cli import evaluate  # noqa: F401
 from safedenoiser.cli.app import app
