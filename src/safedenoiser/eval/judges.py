@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 

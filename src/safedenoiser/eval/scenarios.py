@@ -15,7 +15,6 @@ baselines can name (a negative prompt or class; ``None`` where no prompt or clas
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
