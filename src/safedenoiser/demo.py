@@ -53,9 +53,10 @@ def class_negation_set(pipe, negated_class: int, *, n: int = NEGATION_IMAGES, re
     of_class = (labels == negated_class).nonzero().squeeze(1)
     chosen = of_class[torch.randperm(len(of_class), generator=gen)[:n]]
     typical = torch.randperm(len(labels), generator=gen)[:reference]
+    from safedenoiser.integrations.encode import encode_images
+
     neg = NegationSet.from_images(pipe, images[chosen], progress=False)
-    ref = NegationSet.from_images(pipe, images[typical], progress=False)
-    neg.reference = ref.latents
+    neg.reference = encode_images(pipe, images[typical], batch_size=8, progress=False)[0]
     neg.metadata.update(negated_class=str(negated_class), class_name=CLASS_NAMES[negated_class],
                         source="fashion-mnist test split", reference_source="fashion-mnist test split, all classes")
     return neg

@@ -79,11 +79,13 @@ class KernelRatioBeta:
 
     def __init__(self, negation: NegationSet, reference: Tensor | NegationSet, *,
                  prior: float | None = None, smoothing: float | None = None, quantile: float = 0.5):
-        self.reference = reference if isinstance(reference, NegationSet) else NegationSet(torch.as_tensor(reference).float())
+        self.smoothing = negation.bandwidth if smoothing is None else smoothing
+        # the reference is only ever smoothed with the negation set's width: no calibration of its own
+        self.reference = reference if isinstance(reference, NegationSet) else NegationSet(
+            torch.as_tensor(reference).float(), bandwidth=self.smoothing)
         if self.reference.sample_shape != negation.sample_shape:
             raise SafeDenoiserError(f"reference samples have shape {self.reference.sample_shape}, the negation "
                                     f"set {negation.sample_shape}; both must live in the model's space")
-        self.smoothing = negation.bandwidth if smoothing is None else smoothing
         if prior is None:
             tau, _ = support_threshold(negation, quantile)
             inside = clean_log_mass(self.reference.latents.double(), negation) >= tau
