@@ -5,6 +5,7 @@ import torch
 
 from safedenoiser import NegationSet, SafeDenoiser, SafeDenoiserError
 from safedenoiser.core.beta import HybridBeta, KernelGateBeta, KernelRatioBeta
+from safedenoiser.core.local import LocalPosterior
 from safedenoiser.core.paper_rule import PaperRule, calibrate_tau
 from safedenoiser.toy.spec import parse_spec
 
@@ -69,9 +70,10 @@ def test_hybrid_is_the_larger_of_ratio_and_gate(setting):
 def test_default_estimator_follows_the_reference(setting):
     _, negation, reference = setting
     assert isinstance(SafeDenoiser(negation).beta, KernelGateBeta)
-    assert isinstance(SafeDenoiser(negation, reference=reference).beta, HybridBeta)
+    assert isinstance(SafeDenoiser(negation, reference=reference).beta, LocalPosterior)
     with_ref = NegationSet(negation.latents, reference=reference.float())
-    assert isinstance(SafeDenoiser(with_ref).beta, HybridBeta)
+    assert isinstance(SafeDenoiser(with_ref).beta, LocalPosterior)
+    assert isinstance(SafeDenoiser(with_ref, beta="hybrid").beta, HybridBeta)
     with pytest.raises(SafeDenoiserError, match="needs reference samples"):
         SafeDenoiser(negation, beta="ratio")
 

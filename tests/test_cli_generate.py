@@ -127,16 +127,20 @@ def test_negation_build_skips_non_images_and_records_the_class(negation_file, ne
     assert neg.metadata["source_dir"] == str(negation_images.resolve())
 
 
-def test_negation_build_stores_reference_images_for_the_hybrid_beta(model, negation_images, tmp_path):
+def test_negation_build_stores_reference_images_for_the_local_estimator(model, negation_images, tmp_path):
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for i in range(6):  # plain colours: ordinary images unlike the noise images of the set
+        Image.new("RGB", (16, 16), (40 * i, 255 - 40 * i, 128)).save(reference / f"ref{i}.png")
     out = tmp_path / "set.safetensors"
     code, _, err = _run(["negation", "build", "--model", model, "--images", str(negation_images), "--out", str(out),
-                         "--reference-images", str(negation_images), "-q"])
+                         "--reference-images", str(reference), "-q"])
     assert code == 0, err
     neg = NegationSet.load(out)
-    assert neg.reference is not None and neg.reference.shape == neg.latents.shape
-    from safedenoiser.core.beta import HybridBeta
+    assert neg.reference is not None and neg.reference.shape == (6, *neg.sample_shape)
     from safedenoiser import SafeDenoiser
-    assert isinstance(SafeDenoiser(neg).beta, HybridBeta)
+    from safedenoiser.core.local import LocalPosterior
+    assert isinstance(SafeDenoiser(neg).beta, LocalPosterior)
 
 
 def test_negation_build_lists_skipped_files_and_refuses_to_overwrite(model, negation_images, tmp_path):

@@ -67,3 +67,14 @@ def gaussian_log_density(x: Tensor, y: Tensor, *, alpha: Tensor, variance: Tenso
     dim = x.shape[1]
     log_density = log_mass - math.log(y.shape[0]) - 0.5 * dim * torch.log(2 * math.pi * variance)
     return mean, log_density
+
+
+def squared_distances(x: Tensor, y: Tensor, *, y_sqnorm: Tensor | None = None,
+                      chunk_size: int = DEFAULT_CHUNK) -> Tensor:
+    """``||x_b - y_n||^2`` [B, M] from one matrix product per chunk of ``y`` (memory O(B x M))."""
+    if y_sqnorm is None:
+        y_sqnorm = (y * y).sum(1)
+    x_sqnorm = (x * x).sum(1, keepdim=True)
+    return torch.cat([torch.addmm(x_sqnorm + y_sqnorm[start:start + chunk_size][None], x,
+                                  y[start:start + chunk_size].T, alpha=-2.0).clamp_min_(0)
+                      for start in range(0, y.shape[0], chunk_size)], 1)

@@ -1,6 +1,7 @@
 """`SafeDenoiser`: a transformation of denoisers (DESIGN §1).
 
     D_safe(x_t) = D(x_t) + w(x_t) (D(x_t) - D_unsafe(x_t)),    w = beta / (1 - beta)
+                = D(x_t) + beta(x_t) (D_safe(x_t) - D_unsafe(x_t))   (the local estimator, core/local.py)
 
 A denoiser is a function ``(x_t, alpha, sigma) -> x0``; `SafeDenoiser.wrap` turns the model's
 denoiser into the safe one, and `SafeDenoiser.attach` does the same inside a diffusers pipeline.
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from safedenoiser.core.beta import BetaEstimator, HybridBeta, KernelGateBeta, KernelRatioBeta
+from safedenoiser.core.local import LocalPosterior
 from safedenoiser.core.paper_rule import PaperRule
 from safedenoiser.core.presets import resolve_preset
 from safedenoiser.errors import SafeDenoiserError
@@ -41,6 +43,11 @@ def safe_denoise(d: Tensor, d_unsafe: Tensor, w: Tensor) -> Tensor:
     """The key identity: ``D_safe = D + w (D - D_unsafe)`` (``w`` per sample)."""
     w = w.reshape(-1, *([1] * (d.ndim - 1))).to(d.dtype)
     return d + w * (d - d_unsafe)
+
+
+def local_safe_denoise(d: Tensor, d_unsafe: Tensor, d_safe: Tensor, beta: Tensor) -> Tensor:
+    """The identity's correction without the division: ``D_safe = D + beta (D_safe_local - D_unsafe)``."""
+    return d + beta.reshape(-1, *([1] * (d.ndim - 1))).to(d.dtype) * (d_safe - d_unsafe)
 
 
 @dataclass
@@ -73,12 +80,15 @@ class SafeDenoiser:
         negation: the examples to stay away from (`NegationSet`), or any `UnsafeModel`.
         preset: a paper preset (``sd14-nudity``, ``sd14-copro``, ``sd3-nudity``,
             ``sd14-memorization``) that selects the authors' practical rule with their settings.
-        beta: ``"auto"`` (default: ``"hybrid"`` when reference samples are known, else ``"gate"``),
-            ``"gate"`` (needs nothing but the set), ``"ratio"`` or ``"hybrid"`` (need reference
-            samples), or any `BetaEstimator`. benchmarks/estimators_toy.py compares them.
+        beta: ``"auto"`` (default: ``"local"`` when reference samples are known, else ``"gate"``),
+            ``"local"`` (`LocalPosterior`: beta, D_unsafe and D_safe in x0 space), ``"gate"`` (needs
+            nothing but the set), ``"ratio"`` or ``"hybrid"`` (x_t-space density ratio; need reference
+            samples), or any `BetaEstimator`. benchmarks/estimators_toy.py and
+            benchmarks/model_estimators.py compare them.
         reference: ordinary samples in the model's space (model samples or typical images); by
             default the negation set's own ``reference``, if it has one.
-        max_weight: cap on ``w = beta / (1 - beta)``, what happens as ``beta -> 1``.
+        max_weight: cap on ``w = beta / (1 - beta)``, what happens as ``beta -> 1`` (the local
+            estimator needs none: its correction ``beta (D_safe - D_unsafe)`` is bounded).
         min_weight: below this ``w`` the model's output passes through untouched (bit for bit).
         smoothing: kernel width ``h`` of the unsafe posterior; ``None`` takes the set's calibrated one.
         params: the paper rule's ``h``, ``s``, ``window``, ``tau`` (override a preset's values).
@@ -100,23 +110,25 @@ class SafeDenoiser:
         self.smoothing = (negation.bandwidth if isinstance(negation, NegationSet) else 0.0) if smoothing is None else smoothing
         self.beta = self._make_estimator(beta, reference)
 
-    def _make_estimator(self, beta: str | BetaEstimator, reference: Tensor | None) -> BetaEstimator:
+    def _make_estimator(self, beta: str | BetaEstimator, reference: Tensor | None) -> BetaEstimator | LocalPosterior:
         if not isinstance(beta, str):
             return beta
         if not isinstance(self.negation, NegationSet):
             raise SafeDenoiserError(f"beta={beta!r} needs a NegationSet; pass an estimator object instead")
         reference = self.negation.reference if reference is None else reference
         if beta == "auto":
-            beta = "gate" if reference is None else "hybrid"
+            beta = "gate" if reference is None else "local"
         if beta == "gate":
             return KernelGateBeta(self.negation)
-        if beta in ("ratio", "hybrid"):
+        if beta in ("local", "ratio", "hybrid"):
             if reference is None:
                 raise SafeDenoiserError(f"beta={beta!r} needs reference samples from the model (reference=..., or "
                                         "a negation set built with reference images)")
+            if beta == "local":
+                return LocalPosterior(self.negation, reference)
             estimator = KernelRatioBeta if beta == "ratio" else HybridBeta
             return estimator(self.negation, reference, smoothing=self.smoothing)
-        raise SafeDenoiserError(f"unknown beta estimator {beta!r}; use 'auto', 'gate', 'ratio', 'hybrid' "
+        raise SafeDenoiserError(f"unknown beta estimator {beta!r}; use 'auto', 'local', 'gate', 'ratio', 'hybrid' "
                                 "or an estimator object")
 
     @property
@@ -133,6 +145,12 @@ class SafeDenoiser:
         if self.paper is not None:
             x0, beta, acted = self.paper(x, a, s, d)
             renoise = True
+        elif isinstance(self.beta, LocalPosterior):
+            beta, d_unsafe, d_safe = self.beta(d.reshape(batch, -1))
+            acted = safe_weight(beta, self.max_weight) > self.min_weight
+            x0 = torch.where(acted.reshape(-1, *([1] * (d.ndim - 1))),
+                             local_safe_denoise(d, d_unsafe.reshape(d.shape), d_safe.reshape(d.shape), beta), d)
+            renoise = False
         else:
             unsafe = self.negation.posterior(x, a, s, smoothing=self.smoothing)
             beta = self.beta(x, a, s, d, unsafe)

@@ -51,7 +51,7 @@ def make_denoiser(spec: ToySpec, method: Method, *, estimator: str = DEFAULT_EST
         raise SafeDenoiserError(f"unknown method {method!r}; use one of {METHODS}")
     negation = NegationSet.from_latents(spec.negation_set())
     reference = None
-    if estimator in ("ratio", "hybrid"):
+    if estimator in ("local", "ratio", "hybrid"):
         gen = torch.Generator().manual_seed(seed + 7919)
         x = torch.randn(REFERENCE_SAMPLES, mixture.dim, dtype=torch.float64, generator=gen)
         reference = sample(sampler, mixture.denoise, x, steps, generator=gen)

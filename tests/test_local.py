@@ -1,0 +1,89 @@
+"""The local x0-space posterior (`LocalPosterior`) and the bounded form of the identity."""
+
+import math
+
+import pytest
+import torch
+
+from safedenoiser import NegationSet, SafeDenoiser, SafeDenoiserError
+from safedenoiser.core.local import LocalPosterior
+from safedenoiser.core.safe_denoiser import local_safe_denoise, safe_denoise
+
+DIM = 64
+
+
+def _cluster(n: int, centre: float, gen: torch.Generator) -> torch.Tensor:
+    return centre + torch.randn(n, DIM, dtype=torch.float64, generator=gen)
+
+
+@pytest.fixture(scope="module")
+def sets():
+    """Unsafe images around +3, safe ones around -3 (64-d); the reference holds 30% unsafe ones."""
+    gen = torch.Generator().manual_seed(0)
+    negation = NegationSet.from_latents(_cluster(200, 3.0, gen))
+    reference = torch.cat([_cluster(90, 3.0, gen), _cluster(210, -3.0, gen)])
+    return negation, reference
+
+
+def test_reference_is_split_into_negated_and_safe_samples(sets):
+    negation, reference = sets
+    local = LocalPosterior(negation, reference)
+    assert local.prior == pytest.approx(0.3, abs=0.03)
+    assert len(local.safe) == pytest.approx(210, abs=9) and float(local.safe.mean()) < -2.5
+
+
+def test_beta_and_local_means_pick_the_right_side(sets):
+    negation, reference = sets
+    local = LocalPosterior(negation, reference)
+    gen = torch.Generator().manual_seed(1)
+    d = torch.cat([_cluster(5, 3.0, gen), _cluster(5, -3.0, gen)])
+    beta, d_unsafe, d_safe = local(d)
+    assert (beta[:5] > 0.99).all() and (beta[5:] < 0.01).all()
+    assert (d_unsafe.mean(1) > 2.5).all() and (d_safe.mean(1) < -2.5).all()
+    corrected = local_safe_denoise(d, d_unsafe, d_safe, beta)
+    assert (corrected[:5].mean(1) < -2.0).all()  # unsafe estimates move to the safe side
+    torch.testing.assert_close(corrected[5:], d[5:], atol=0.2, rtol=0)  # safe ones barely move
+
+
+def test_local_posterior_matches_a_direct_computation(sets):
+    negation, reference = sets
+    local = LocalPosterior(negation, reference, neighbours=7, width=0.5)
+    d = torch.randn(6, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    beta, d_unsafe, d_safe = local(d)
+    y, r = local.unsafe.double(), local.safe.double()
+    sq = torch.cdist(d, torch.cat([y, r])).square()
+    h2 = 0.25 * sq.sort(1).values[:, 6:7]
+    log_w = -sq / (2 * h2) + torch.cat([torch.full((len(y),), math.log(local.prior / len(y))),
+                                        torch.full((len(r),), math.log((1 - local.prior) / len(r)))])
+    pi = torch.softmax(log_w, 1)
+    torch.testing.assert_close(beta, pi[:, :len(y)].sum(1))
+    torch.testing.assert_close(d_unsafe, pi[:, :len(y)] @ y / pi[:, :len(y)].sum(1, keepdim=True))
+    torch.testing.assert_close(d_safe, pi[:, len(y):] @ r / pi[:, len(y):].sum(1, keepdim=True))
+
+
+def test_bounded_form_equals_the_identity_where_the_decomposition_holds():
+    gen = torch.Generator().manual_seed(3)
+    d_unsafe, d_safe = torch.randn(4, 8, dtype=torch.float64, generator=gen), torch.randn(4, 8, dtype=torch.float64, generator=gen)
+    beta = torch.tensor([0.0, 0.3, 0.9, 0.999], dtype=torch.float64)
+    d = beta[:, None] * d_unsafe + (1 - beta[:, None]) * d_safe
+    torch.testing.assert_close(local_safe_denoise(d, d_unsafe, d_safe, beta), d_safe)
+    torch.testing.assert_close(safe_denoise(d, d_unsafe, beta / (1 - beta)), d_safe)
+
+
+def test_far_set_leaves_the_estimate_bit_identical(sets):
+    negation, reference = sets
+    far = NegationSet.from_latents(negation.latents + 40.0)
+    safe = SafeDenoiser(far, reference=reference)
+    d = _cluster(4, -3.0, torch.Generator().manual_seed(4))
+    out = safe.correct(d, 1.0, 0.1, d)
+    assert torch.equal(out.x0, d) and not out.acted.any()
+
+
+def test_refuses_a_reference_that_is_all_negated_or_misshaped(sets):
+    negation, _ = sets
+    with pytest.raises(SafeDenoiserError, match="reference samples lie in the negation set's region"):
+        LocalPosterior(negation, negation.latents[:50] + 0.01)
+    with pytest.raises(SafeDenoiserError, match="reference samples have shape"):
+        LocalPosterior(negation, torch.zeros(10, DIM + 1))
+    with pytest.raises(SafeDenoiserError, match="at least 2 reference samples"):
+        LocalPosterior(negation, torch.zeros(1, DIM))
