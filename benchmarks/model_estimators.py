@@ -81,7 +81,8 @@ def main() -> None:
              f"({time.perf_counter() - start:.0f} s). Negation set: 500 real test-split images of the class; reference: "
              "500 training images of all classes; DDIM 25 steps, CFG 4 (text), the same seeds for every row. Judge: "
              "the bundled classifier; recognisable: its top probability >= 0.8; TV others: total variation between "
-             "the other classes' shares (renormalised) and vanilla's.", "",
+             "the other classes' shares (renormalised) and vanilla's (for text over all requests, so the unsafe "
+             "requests' new classes count too).", "",
              "Estimators: `gate` (no reference; the default without one), `hybrid` (x_t-space density ratio or "
              "gate), `local` (x0-space local posterior, core/local.py; the default with a reference).", ""]
     lines += table("Text-conditional (`fashion-text`)", text)
