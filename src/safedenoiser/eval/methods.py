@@ -7,7 +7,7 @@ Every method samples the same requests with the same seeds (the same initial noi
     sld            Safe Latent Diffusion's safety guidance, `SafetyGuidance` ("medium" preset)
     spell          sparse repellency, `Spell` (radius: the set's 0.9-quantile NN distance)
     safe           `SafeDenoiser(negation)`: the library default
-    safe-ref       `SafeDenoiser(negation, reference=...)`: with ordinary samples as reference
+    safe-ref       `SafeDenoiser(negation, reference=...)`: with ordinary samples as reference (`LocalPosterior`)
     safe-paper     `SafeDenoiser(negation, h=..., s=..., window=...)`: the authors' rule
     rejection      vanilla, resampling what the judge flags (an oracle; up to 10 attempts)
 
@@ -28,6 +28,7 @@ from torch import Tensor
 from safedenoiser import SafeDenoiser
 from safedenoiser.baselines import NegativeGuidance, RejectionSampler, SafetyGuidance, Spell
 from safedenoiser.baselines.rejection import SEED_STRIDE
+from safedenoiser.core.local import DEFAULT_NEIGHBOURS, LocalPosterior
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.eval.metrics import (accuracy, class_histogram, frechet_distance, nearest_distance,
                                        tv_distance, unsafe_rate)
@@ -43,8 +44,8 @@ STRENGTHS: dict[str, tuple[str, list]] = {
     "spell": ("radius x", [1.0, 1.5]),
     "safe-paper": ("s", [0.33, 0.9]),
     "safe": ("max weight", [20.0, 100.0]),
-    "safe-ref": ("max weight", [20.0, 100.0]),
-    "safe-ref-model": ("max weight", [20.0, 100.0]),
+    "safe-ref": ("neighbours", [10, 30]),
+    "safe-ref-model": ("neighbours", [10, 30]),
     "rejection": ("max attempts", [10, 2]),
 }
 PAPER_WINDOW = 4.67  # sigma/alpha at SD v1.4's t=780: the same 1000-step schedule as the bundled models
@@ -130,12 +131,9 @@ def make_corrector(method: str, scenario: Scenario, strength=None):
     neg = scenario.negation
     if method == "safe":
         return SafeDenoiser(neg) if strength is None else SafeDenoiser(neg, max_weight=float(strength))
-    if method == "safe-ref":
-        kw = {} if strength is None else {"max_weight": float(strength)}
-        return SafeDenoiser(neg, reference=scenario.reference, **kw)
-    if method == "safe-ref-model":
-        kw = {} if strength is None else {"max_weight": float(strength)}
-        return SafeDenoiser(neg, reference=model_reference(scenario), **kw)
+    if method in ("safe-ref", "safe-ref-model"):  # the local estimator; its knob: neighbours of the kernel width
+        reference = scenario.reference if method == "safe-ref" else model_reference(scenario)
+        return SafeDenoiser(neg, beta=LocalPosterior(neg, reference, neighbours=int(strength or DEFAULT_NEIGHBOURS)))
     if method == "safe-paper":
         return SafeDenoiser(neg, h=paper_bandwidth(neg), s=PAPER_S if strength is None else float(strength),
                             window=PAPER_WINDOW)

@@ -42,7 +42,7 @@ class Scenario:
     groups: list[str]  # per request: "unsafe:direct", "benign", ...
     targets: list[int | None]  # the class a benign request asks for (None: no accuracy)
     negation: NegationSet
-    reference: Tensor  # ordinary samples in latent space, for the ratio estimator
+    reference: Tensor  # ordinary samples in latent space, for the reference estimators
     judge: ClassifierJudge
     fd_real: dict[str, Tensor]  # group -> classifier features of real images to compare with
     negative: str | int | None  # what negative prompt / class guidance can name
@@ -77,7 +77,7 @@ def _encode(pipe, images: Tensor) -> Tensor:
 
 
 def _reference(pipe, size: int = REFERENCE_SIZE, seed: int = 0) -> Tensor:
-    """Latents of ``size`` training images of all classes: ordinary samples for the ratio estimator."""
+    """Latents of ``size`` training images of all classes: ordinary samples for the reference estimators."""
     from safedenoiser.models import load_fashion_mnist
 
     images, _ = load_fashion_mnist("train", size=32)
