@@ -105,3 +105,10 @@ def test_paper_rule_acts_only_inside_the_window_and_above_tau():
     _, _, acted_early = rule(x0, ones * 0.1, ones * 0.995, x0)
     assert not acted_late.any()
     assert acted_early.tolist() == [True, True, False, False]
+
+
+def test_weight_cap_defaults_to_the_estimators_own(setting):
+    _, negation, reference = setting
+    assert SafeDenoiser(negation).max_weight == KernelGateBeta.max_weight == 100.0
+    assert SafeDenoiser(negation, beta="hybrid", reference=reference).max_weight == 20.0
+    assert SafeDenoiser(negation, max_weight=5.0).max_weight == 5.0

@@ -88,14 +88,6 @@ def test_vanilla_puts_about_40_percent_in_the_negated_component(sampler):
     assert 0.35 <= shares[NEGATED] <= 0.45, shares
 
 
-DEFAULT_MISSES = pytest.mark.xfail(
-    strict=False,
-    reason="the default beta estimator ('gate') misses the <= 5% target on some samplers: measured negated "
-           "shares DDIM 5.3%, DDPM 5.3%, Euler 6.1%, DPM-Solver++ 3.5% (1000 samples, 50 steps); exact beta "
-           "and beta='ratio' reach <= 1% through the same adapter (tests below)")
-
-
-@DEFAULT_MISSES
 @pytest.mark.parametrize("sampler", REQUIRED)
 def test_default_safe_denoiser_removes_the_negated_component(sampler):
     safe = SafeDenoiser(negation_set())

@@ -87,8 +87,9 @@ class SafeDenoiser:
             benchmarks/model_estimators.py compare them.
         reference: ordinary samples in the model's space (model samples or typical images); by
             default the negation set's own ``reference``, if it has one.
-        max_weight: cap on ``w = beta / (1 - beta)``, what happens as ``beta -> 1`` (the local
-            estimator needs none: its correction ``beta (D_safe - D_unsafe)`` is bounded).
+        max_weight: cap on ``w = beta / (1 - beta)``, what happens as ``beta -> 1``; ``None`` takes
+            the estimator's own (``KernelGateBeta.max_weight``, else 20). The local estimator needs
+            none: its correction ``beta (D_safe - D_unsafe)`` is bounded.
         min_weight: below this ``w`` the model's output passes through untouched (bit for bit).
         smoothing: kernel width ``h`` of the unsafe posterior; ``None`` takes the set's calibrated one.
         params: the paper rule's ``h``, ``s``, ``window``, ``tau`` (override a preset's values).
@@ -96,10 +97,10 @@ class SafeDenoiser:
 
     def __init__(self, negation: NegationSet | UnsafeModel, *, preset: str | None = None,
                  beta: str | BetaEstimator = "auto", reference: Tensor | None = None,
-                 max_weight: float = DEFAULT_MAX_WEIGHT, min_weight: float = DEFAULT_MIN_WEIGHT,
+                 max_weight: float | None = None, min_weight: float = DEFAULT_MIN_WEIGHT,
                  smoothing: float | None = None, **params: float):
         self.negation = negation
-        self.max_weight, self.min_weight = max_weight, min_weight
+        self.max_weight, self.min_weight = DEFAULT_MAX_WEIGHT if max_weight is None else max_weight, min_weight
         self.trace: list[StepRecord] = []
         self.paper: PaperRule | None = None
         if preset is not None or params:
@@ -109,6 +110,8 @@ class SafeDenoiser:
             return
         self.smoothing = (negation.bandwidth if isinstance(negation, NegationSet) else 0.0) if smoothing is None else smoothing
         self.beta = self._make_estimator(beta, reference)
+        if max_weight is None:
+            self.max_weight = getattr(self.beta, "max_weight", DEFAULT_MAX_WEIGHT)
 
     def _make_estimator(self, beta: str | BetaEstimator, reference: Tensor | None) -> BetaEstimator | LocalPosterior:
         if not isinstance(beta, str):

@@ -43,7 +43,7 @@ STRENGTHS: dict[str, tuple[str, list]] = {
     "sld": ("preset", ["medium", "max"]),
     "spell": ("radius x", [1.0, 1.5]),
     "safe-paper": ("s", [0.33, 0.9]),
-    "safe": ("max weight", [20.0, 100.0]),
+    "safe": ("max weight", [100.0, 20.0]),
     "safe-ref": ("neighbours", [10, 30]),
     "safe-ref-model": ("neighbours", [10, 30]),
     "rejection": ("max attempts", [10, 2]),
