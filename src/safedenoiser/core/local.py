@@ -66,8 +66,7 @@ class LocalPosterior:
             raise SafeDenoiserError(f"all {len(r)} reference samples lie in the negation set's region; give "
                                     "ordinary samples of the model (all kinds of images) as reference")
         self.prior = max(float(negated.double().mean()), 1.0 / len(r))
-        self.unsafe = y.float()
-        self.safe = r[~negated].float()
+        self.unsafe, self.safe = y.float(), r[~negated].float()
         self._cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
 
     def reference_ratio(self, reference: Tensor, unsafe: Tensor, block: int = 1024) -> Tensor:
@@ -84,21 +83,24 @@ class LocalPosterior:
             ratios.append((log_u - log_r).exp())
         return torch.cat(ratios)
 
-    def _sets(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    def _points(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Unsafe then safe points as one ``[M + K, D]`` matrix, with squared norms; cached per device and dtype."""
         key = (torch.device(device), dtype)
         if key not in self._cache:
-            self._cache[key] = (self.unsafe.to(device=device, dtype=dtype), self.safe.to(device=device, dtype=dtype))
+            points = torch.cat([self.unsafe, self.safe]).to(device=device, dtype=dtype)
+            self._cache[key] = (points, (points * points).sum(1))
         return self._cache[key]
 
     def __call__(self, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(beta [B], D_unsafe [B, D], D_safe [B, D])`` for flat estimates ``d`` [B, D]."""
-        unsafe, safe = self._sets(d.device, d.dtype)
-        logits = _adaptive_logits(torch.cat([squared_distances(d, unsafe), squared_distances(d, safe)], 1),
-                                  self.neighbours, self.width)
-        logits[:, :len(unsafe)] += math.log(self.prior / len(unsafe))
-        logits[:, len(unsafe):] += math.log((1 - self.prior) / len(safe))
+        points, sqnorm = self._points(d.device, d.dtype)
+        m = len(self.unsafe)
+        logits = _adaptive_logits(squared_distances(d, points, y_sqnorm=sqnorm), self.neighbours, self.width)
+        logits[:, :m] += math.log(self.prior / m)
+        logits[:, m:] += math.log((1 - self.prior) / (len(points) - m))
         pi = torch.softmax(logits, 1)
-        pi_u, pi_s = pi[:, :len(unsafe)], pi[:, len(unsafe):]
+        pi_u, pi_s = pi[:, :m], pi[:, m:]
         tiny = torch.finfo(d.dtype).tiny
         beta, safe_mass = pi_u.sum(1), pi_s.sum(1)  # safe_mass = 1 - beta, without cancellation
-        return beta, (pi_u @ unsafe) / beta.clamp_min(tiny)[:, None], (pi_s @ safe) / safe_mass.clamp_min(tiny)[:, None]
+        return (beta, (pi_u @ points[:m]) / beta.clamp_min(tiny)[:, None],
+                (pi_s @ points[m:]) / safe_mass.clamp_min(tiny)[:, None])
