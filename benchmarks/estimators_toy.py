@@ -44,7 +44,8 @@ def benchmark_mixtures() -> dict[str, dict]:
 
 
 ROW = "| {} | {} | {} | {:.2%} | {:.2%} | {:.2f} | {:.2f} | {:.1f} |"
-METHODS = [("vanilla", "-"), ("exact", "-"), ("kernel", "gate"), ("kernel", "ratio"), ("kernel", "hybrid")]
+METHODS = [("vanilla", "-"), ("exact", "-"), ("kernel", "gate"), ("kernel", "ratio"), ("kernel", "hybrid"),
+           ("kernel", "local")]
 
 
 def main() -> None:
@@ -53,7 +54,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("docs/results/estimators_toy.md"))
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     rows = []
     for name, data in benchmark_mixtures().items():
         spec = parse_spec(data)
