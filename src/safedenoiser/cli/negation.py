@@ -71,7 +71,8 @@ def build(
     class_label: Optional[int] = typer.Option(None, "--class-label", help="The class all images belong to "
                                               "(bundled class models): recorded as negated_class."),
     reference_images: Optional[Path] = typer.Option(None, "--reference-images", help="A folder of ordinary images "
-                                                    "(typical outputs of the model); enables the ratio/hybrid beta."),
+                                                    "of every kind (typical outputs of the model); the safe denoiser then uses them as reference (the local "
+                                                    "estimator), which works far better than the set alone."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per VAE call."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
