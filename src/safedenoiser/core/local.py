@@ -17,6 +17,11 @@ form without the division by ``1 - beta``:
 (equal whenever ``D = beta D_unsafe + (1 - beta) D_safe``), which stays bounded as ``beta -> 1``:
 a request the model can only answer with the negated concept is moved to the nearest safe samples.
 benchmarks/model_estimators.py measures it against the other estimators on the bundled models.
+
+It is built for image latents, whose classes form separate clusters in many dimensions. On
+low-dimensional Gaussian mixtures it fails (docs/results/estimators_toy.md): a negated-looking
+reference sample that was labelled safe becomes the nearest "safe" point inside the negated
+component and attracts the samples there; the toys use the ``hybrid`` estimator.
 """
 
 from __future__ import annotations
