@@ -79,3 +79,40 @@ def test_trace_records_every_call():
         safe(torch.zeros(4, 2), torch.tensor(alpha), torch.tensor(0.9), torch.ones(4, 2))
     assert [round(r.alpha, 3) for r in safe.trace] == [0.2, 0.5]
     assert all(r.acted == 4 and r.batch == 4 and r.beta_mean == pytest.approx(0.5) for r in safe.trace)
+
+
+def test_when_no_sample_acts_the_unsafe_mean_is_never_computed(monkeypatch):
+    """The gate decides first: far from the set the output is x0_hat itself, with no weighted mean."""
+    import safedenoiser.negation as negation_module
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the weighted mean was computed although no sample acts")
+
+    monkeypatch.setattr(negation_module, "softmax_weights", forbidden)
+    safe = SafeDenoiser(NegationSet.from_latents(torch.randn(20, 4, 3, 3) + 100))
+    x0 = torch.randn(3, 4, 3, 3)
+    out = safe(torch.randn(3, 4, 3, 3), torch.tensor(0.5), torch.tensor(0.8), x0)
+    assert torch.equal(out, x0) and safe.trace[-1].acted == 0
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_one_pass_over_the_set_equals_separate_passes(reference):
+    """The gate's clean mass from the posterior's pass gives the output of computing it separately;
+    samples that do not act pass through bit for bit."""
+    gen = torch.Generator().manual_seed(5)
+    latents = torch.randn(40, 6, generator=gen, dtype=torch.float64)
+    neg = NegationSet(latents)
+    ref = torch.randn(60, 6, generator=gen, dtype=torch.float64) * 2 if reference else None
+    safe = SafeDenoiser(neg, reference=ref, beta="hybrid" if reference else "gate")
+    x0 = torch.cat([latents[:2] + 0.05 * torch.randn(2, 6, generator=gen, dtype=torch.float64),
+                    latents[2:4] + 50])  # two near the set, two far from it
+    a, s = torch.tensor(0.8, dtype=torch.float64), torch.tensor(0.6, dtype=torch.float64)
+    x_t = a * x0 + s * torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    corr = safe.correct(x_t, a, s, x0)
+    unsafe = neg.posterior(x_t, a, s, smoothing=neg.bandwidth)  # no clean mass: the gate computes its own
+    beta = safe.beta(x_t, a.expand(4), s.expand(4), x0, unsafe)
+    w = safe_weight(beta, safe.max_weight)
+    torch.testing.assert_close(corr.beta, beta, rtol=1e-12, atol=1e-12)
+    assert corr.acted.tolist() == [True, True, False, False]
+    torch.testing.assert_close(corr.x0[:2], safe_denoise(x0, unsafe.mean, w)[:2], rtol=1e-10, atol=1e-10)
+    assert torch.equal(corr.x0[2:], x0[2:])

@@ -1,11 +1,12 @@
-"""The chunked kernel mean matches a direct float64 computation, including across chunks."""
+"""The kernel mean matches a direct float64 computation; stacked rows and layouts change nothing."""
 
 import math
 
 import pytest
 import torch
 
-from safedenoiser.core.kernels import gaussian_log_density, kernel_mean
+from safedenoiser.core.kernels import (FlatSet, gaussian_log_density, kernel_logits, kernel_mean, softmax_weights,
+                                       weighted_mean)
 
 
 def _direct(x, y, scale, bandwidth, power):
@@ -15,14 +16,13 @@ def _direct(x, y, scale, bandwidth, power):
 
 
 @pytest.mark.parametrize("power", [1, 2])
-@pytest.mark.parametrize("chunk_size", [7, 1000])
-def test_kernel_mean_matches_direct_computation(power, chunk_size):
+def test_kernel_mean_matches_direct_computation(power):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(5, 12, generator=gen, dtype=torch.float64) * 2
-    y = torch.randn(50, 12, generator=gen, dtype=torch.float64)  # 50 > 7: several chunks
+    y = torch.randn(50, 12, generator=gen, dtype=torch.float64)
     scale = torch.rand(5, generator=gen, dtype=torch.float64) + 0.2
     bandwidth = torch.rand(5, generator=gen, dtype=torch.float64) * 3 + 0.1
-    mean, log_mass = kernel_mean(x, y, scale=scale, bandwidth=bandwidth, power=power, chunk_size=chunk_size)
+    mean, log_mass = kernel_mean(x, FlatSet.of(y), scale=scale, bandwidth=bandwidth, power=power)
     ref_mean, ref_log = _direct(x, y, scale, bandwidth, power)
     torch.testing.assert_close(mean, ref_mean, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(log_mass, ref_log, rtol=1e-9, atol=1e-9)
@@ -32,7 +32,7 @@ def test_float32_kernel_mean_is_close_to_float64():
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(4, 256, generator=gen), torch.randn(300, 256, generator=gen)
     scale, bw = torch.full((4,), 0.9), torch.full((4,), 200.0)
-    mean32, log32 = kernel_mean(x, y, scale=scale, bandwidth=bw, chunk_size=64)
+    mean32, log32 = kernel_mean(x, FlatSet.of(y), scale=scale, bandwidth=bw)
     mean64, log64 = _direct(x.double(), y.double(), scale.double(), bw.double(), 2)
     torch.testing.assert_close(mean32.double(), mean64, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(log32.double(), log64, rtol=1e-4, atol=1e-3)
@@ -42,7 +42,7 @@ def test_far_points_do_not_underflow():
     """Log-sum-exp keeps the softmax defined when every kernel value underflows."""
     x = torch.full((2, 3), 1e3, dtype=torch.float32)
     y = torch.randn(10, 3)
-    mean, log_mass = kernel_mean(x, y, scale=torch.ones(2), bandwidth=torch.full((2,), 1e-2))
+    mean, log_mass = kernel_mean(x, FlatSet.of(y), scale=torch.ones(2), bandwidth=torch.full((2,), 1e-2))
     assert torch.isfinite(mean).all() and torch.isfinite(log_mass).all()
 
 
@@ -51,15 +51,16 @@ def test_gaussian_log_density_is_the_noised_empirical_density():
     y = torch.randn(20, 3, generator=gen, dtype=torch.float64)
     x = torch.randn(6, 3, generator=gen, dtype=torch.float64)
     alpha, var = torch.full((6,), 0.7, dtype=torch.float64), torch.full((6,), 0.51, dtype=torch.float64)
-    _, log_p = gaussian_log_density(x, y, alpha=alpha, variance=var)
+    logits = kernel_logits(x, FlatSet.of(y), scale=alpha, bandwidth=2 * var)
+    log_p = gaussian_log_density(torch.logsumexp(logits, 1), set_size=20, dim=3, variance=var)
     comp = torch.distributions.MultivariateNormal(0.7 * y, covariance_matrix=0.51 * torch.eye(3, dtype=torch.float64))
     expected = torch.logsumexp(comp.log_prob(x[:, None, :]), 1) - math.log(20)
     torch.testing.assert_close(log_p, expected)
 
 
-def test_memory_stays_batch_by_chunk(monkeypatch):
-    """No intermediate of batch x set x dimension elements is ever created."""
-    batch, m, dim, chunk = 3, 64, 40, 16
+def test_no_batch_by_set_by_dimension_intermediate(monkeypatch):
+    """Only products of size batch x set or batch x dimension are ever created."""
+    batch, m, dim = 3, 64, 40
     seen = []
     original = torch.Tensor.__matmul__
 
@@ -69,6 +70,39 @@ def test_memory_stays_batch_by_chunk(monkeypatch):
         return out
 
     monkeypatch.setattr(torch.Tensor, "__matmul__", spy)
-    kernel_mean(torch.randn(batch, dim), torch.randn(m, dim), scale=torch.ones(batch),
-                bandwidth=torch.ones(batch), chunk_size=chunk)
-    assert max(seen) <= max(batch * chunk, batch * dim) < batch * m * dim
+    kernel_mean(torch.randn(batch, dim), FlatSet.of(torch.randn(m, dim)), scale=torch.ones(batch),
+                bandwidth=torch.ones(batch))
+    assert len(seen) == 2 and max(seen) <= max(batch * m, batch * dim) < batch * m * dim
+
+
+def test_stacked_rows_equal_separate_calls():
+    """Rows with their own scale and bandwidth share one product without changing each other's logits."""
+    gen = torch.Generator().manual_seed(3)
+    y = FlatSet.of(torch.randn(40, 16, generator=gen, dtype=torch.float64))
+    x1, x2 = (torch.randn(3, 16, generator=gen, dtype=torch.float64) for _ in range(2))
+    s1, b1 = torch.full((3,), 0.6, dtype=torch.float64), torch.full((3,), 2.5, dtype=torch.float64)
+    s2, b2 = torch.ones(3, dtype=torch.float64), torch.full((3,), 7.0, dtype=torch.float64)
+    stacked = kernel_logits(torch.cat([x1, x2]), y, scale=torch.cat([s1, s2]), bandwidth=torch.cat([b1, b2]))
+    torch.testing.assert_close(stacked[:3], kernel_logits(x1, y, scale=s1, bandwidth=b1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(stacked[3:], kernel_logits(x2, y, scale=s2, bandwidth=b2), rtol=1e-12, atol=1e-12)
+
+
+def test_negligible_weights_are_dropped_without_changing_the_mean():
+    """Weights below eps^2 of the largest (whose products would be subnormal) are zero; the mean is exact."""
+    y = FlatSet.of(torch.randn(30, 8, generator=torch.Generator().manual_seed(4)))
+    logits = torch.zeros(2, 30)
+    logits[:, 1:] = -40.0  # exp(-40) ~ 4e-18 < eps^2 ~ 1.4e-14 in float32
+    weights = softmax_weights(logits)
+    assert torch.equal(weights[:, 1:], torch.zeros(2, 29))
+    torch.testing.assert_close(weights @ y.rows, y.rows[:1].expand(2, -1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("used", [3, 40])  # few points with weight (gathered) and most of them (dense)
+def test_weighted_mean_equals_the_dense_product(used):
+    gen = torch.Generator().manual_seed(5)
+    y = FlatSet.of(torch.randn(40, 16, generator=gen, dtype=torch.float64))
+    weights = torch.zeros(3, 40, dtype=torch.float64)
+    weights[:, torch.randperm(40, generator=gen)[:used]] = torch.rand(3, used, generator=gen, dtype=torch.float64)
+    shift = torch.randn(3, 16, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(weighted_mean(weights, y), weights @ y.rows, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(weighted_mean(weights, y, shift), shift + weights @ y.rows, rtol=1e-12, atol=1e-12)

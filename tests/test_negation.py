@@ -94,3 +94,17 @@ def test_reference_samples_travel_with_the_set(tmp_path):
     assert torch.equal(back.reference, neg.reference)
     with pytest.raises(SafeDenoiserError, match="reference samples have shape"):
         NegationSet(torch.randn(6, 2, 2), reference=torch.randn(9, 4))
+
+
+def test_posterior_given_x0_hat_adds_its_clean_mass_from_the_same_pass():
+    gen = torch.Generator().manual_seed(6)
+    neg = NegationSet(torch.randn(25, 4, generator=gen, dtype=torch.float64))
+    x, d = torch.randn(3, 4, generator=gen, dtype=torch.float64), torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    a, s = torch.tensor(0.7, dtype=torch.float64), torch.tensor(0.4, dtype=torch.float64)
+    alone, stacked = neg.posterior(x, a, s, smoothing=0.2), neg.posterior(x, a, s, smoothing=0.2, x0_hat=d)
+    assert alone.clean_log_mass is None
+    torch.testing.assert_close(stacked.clean_log_mass, neg.clean_log_mass(d), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(stacked.log_density, alone.log_density, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(stacked.mean, alone.mean, rtol=1e-12, atol=1e-12)
+    expected = torch.logsumexp(-torch.cdist(d, neg.latents).square() / (2 * neg.bandwidth ** 2), 1)
+    torch.testing.assert_close(neg.clean_log_mass(d), expected)

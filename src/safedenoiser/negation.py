@@ -6,24 +6,38 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from safedenoiser.core.bandwidth import calibrate_bandwidth
-from safedenoiser.core.kernels import DEFAULT_CHUNK, gaussian_log_density
+from safedenoiser.core.kernels import FlatSet, gaussian_log_density, kernel_logits, softmax_weights, weighted_mean
 from safedenoiser.errors import SafeDenoiserError
 
 FORMAT_VERSION = 1
 
 
-@dataclass
 class UnsafePosterior:
-    """The unsafe side at one noise level: ``D_unsafe(x_t)`` and ``log p_unsafe,t(x_t)``."""
+    """The unsafe side at one noise level.
 
-    mean: Tensor  # [B, *shape]
-    log_density: Tensor  # [B]
+    ``log_density`` [B]: ``log p_unsafe,t(x_t)``. ``mean`` [B, *shape]: ``D_unsafe(x_t)``; it may be
+    given as a function, called on first use (for a `NegationSet` the weighted mean is a second pass
+    over the set, which a step where no sample acts never needs). ``clean_log_mass`` [B] (a
+    `NegationSet` given ``x0_hat``, else None): the set's kernel mass at the denoised estimate,
+    ``log m(D(x_t))`` of `NegationSet.clean_log_mass`.
+    """
+
+    def __init__(self, mean: Tensor | Callable[[], Tensor], log_density: Tensor,
+                 clean_log_mass: Tensor | None = None):
+        self._mean, self.log_density, self.clean_log_mass = mean, log_density, clean_log_mass
+
+    @property
+    def mean(self) -> Tensor:
+        if not isinstance(self._mean, Tensor):
+            self._mean = self._mean()
+        return self._mean
 
 
 def check_finite(tensor: Tensor, what: str) -> None:
@@ -62,7 +76,7 @@ class NegationSet:
                                         f"negation set {self.sample_shape}; both must live in the model's space")
         if self.bandwidth is None:
             self.bandwidth = calibrate_bandwidth(self.latents)
-        self._cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+        self._cache: dict[tuple[torch.device, torch.dtype], FlatSet] = {}
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -122,12 +136,11 @@ class NegationSet:
         """A short content hash, recorded in manifests to tell sets apart."""
         return hashlib.sha256(self.latents.float().cpu().numpy().tobytes()).hexdigest()[:16]
 
-    def flat(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """The set as ``[M, D]`` on ``device`` with its squared norms, cached per device and dtype."""
+    def flat(self, device: torch.device, dtype: torch.dtype) -> FlatSet:
+        """The set as matrices on ``device`` (`FlatSet`: ``Y``, ``Y^T``, norms), cached per device and dtype."""
         key = (torch.device(device), dtype)
         if key not in self._cache:
-            y = self.latents.reshape(len(self), -1).to(device=device, dtype=dtype)
-            self._cache[key] = (y, (y * y).sum(1))
+            self._cache[key] = FlatSet.of(self.latents.to(device=device, dtype=dtype))
         return self._cache[key]
 
     def check_compatible(self, sample_shape: tuple[int, ...], fingerprint: str | None = None) -> None:
@@ -144,20 +157,8 @@ class NegationSet:
                 f"{fingerprint}); rebuild it with this model's VAE")
 
     # ----------------------------------------------------------------- the unsafe denoiser
-    def _noised_kernel(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, smoothing: float, with_mean: bool,
-                       chunk_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
-        batch = x_t.shape[0]
-        x = x_t.reshape(batch, -1)
-        y, y_sq = self.flat(x.device, x.dtype)
-        a = torch.as_tensor(alpha, dtype=x.dtype, device=x.device).expand(batch)
-        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(batch)
-        variance = s * s + (a * smoothing) ** 2
-        y_bar, log_density = gaussian_log_density(x, y, alpha=a, variance=variance, y_sqnorm=y_sq,
-                                                  chunk_size=chunk_size, with_mean=with_mean)
-        return x, a, s, y_bar, log_density
-
     def posterior(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, *, smoothing: float = 0.0,
-                  chunk_size: int = DEFAULT_CHUNK) -> UnsafePosterior:
+                  x0_hat: Tensor | None = None) -> UnsafePosterior:
         """``D_unsafe(x_t)`` and ``log p_unsafe,t(x_t)`` of the set, optionally kernel-smoothed.
 
         With ``smoothing = h`` the set stands for ``p_unsafe = (1/M) sum_n N(y_n, h^2 I)``; then
@@ -166,15 +167,50 @@ class NegationSet:
             D_unsafe(x_t) = (sigma^2 ybar(x_t) + alpha h^2 x_t) / v,
             ybar(x_t)     = sum_n y_n softmax_n(-||x_t - alpha y_n||^2 / (2 v)).
 
-        ``h = 0`` is the exact posterior mean of the empirical distribution (DESIGN §1).
+        ``h = 0`` is the exact posterior mean of the empirical distribution (DESIGN §1). Given
+        ``x0_hat = D(x_t)``, the same matrix product also yields its `clean_log_mass`. The mean is
+        computed on first use of ``.mean``.
         """
-        x, a, s, y_bar, log_density = self._noised_kernel(x_t, alpha, sigma, smoothing, True, chunk_size)
-        if smoothing > 0:
-            variance = s * s + (a * smoothing) ** 2
-            y_bar = ((s * s)[:, None] * y_bar + (a * smoothing ** 2)[:, None] * x) / variance[:, None]
-        return UnsafePosterior(y_bar.reshape(x_t.shape), log_density)
+        batch = x_t.shape[0]
+        x = x_t.reshape(batch, -1)
+        y = self.flat(x.device, x.dtype)
+        a, s, variance = _noise_levels(x, alpha, sigma, smoothing)
+        rows, scale, bandwidth = x, a, 2 * variance
+        if x0_hat is not None:  # stack the clean kernel's rows under x_t's: one pass over the set
+            d = x0_hat.reshape(batch, -1).to(x.dtype)
+            one, clean_bandwidth = self._clean_kernel(d)
+            rows, scale, bandwidth = torch.cat([x, d]), torch.cat([a, one]), torch.cat([bandwidth, clean_bandwidth])
+        logits = kernel_logits(rows, y, scale=scale, bandwidth=bandwidth)
+        log_mass = torch.logsumexp(logits, 1)
+        log_density = gaussian_log_density(log_mass[:batch], set_size=len(self), dim=x.shape[1], variance=variance)
 
-    def log_density(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, *, smoothing: float = 0.0,
-                    chunk_size: int = DEFAULT_CHUNK) -> Tensor:
+        def mean() -> Tensor:
+            if smoothing == 0:
+                return weighted_mean(softmax_weights(logits[:batch]), y).reshape(x_t.shape)
+            # (sigma^2 / v) ybar + (alpha h^2 / v) x_t in one product: sigma^2 / v rides on the weights
+            weights = softmax_weights(logits[:batch], total=s * s / variance)
+            return weighted_mean(weights, y, shift=x * (a * smoothing ** 2 / variance)[:, None]).reshape(x_t.shape)
+
+        return UnsafePosterior(mean, log_density, None if x0_hat is None else log_mass[batch:])
+
+    def log_density(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, *, smoothing: float = 0.0) -> Tensor:
         """``log p_t(x_t)`` [B] of the (smoothed) set noised to level t, without the posterior mean."""
-        return self._noised_kernel(x_t, alpha, sigma, smoothing, False, chunk_size)[-1]
+        return self.posterior(x_t, alpha, sigma, smoothing=smoothing).log_density
+
+    def clean_log_mass(self, x: Tensor) -> Tensor:
+        """``log m(x) = log sum_n exp(-||x - y_n||^2 / (2 h^2))`` [B] at noise level 0, ``h`` the set's bandwidth."""
+        x = x.reshape(x.shape[0], -1)
+        one, bandwidth = self._clean_kernel(x)
+        return torch.logsumexp(kernel_logits(x, self.flat(x.device, x.dtype), scale=one, bandwidth=bandwidth), 1)
+
+    def _clean_kernel(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-row scale 1 and bandwidth ``2 h^2`` of the clean kernel, for the rows of ``x``."""
+        one = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+        return one, one * (2 * self.bandwidth ** 2)
+
+
+def _noise_levels(x: Tensor, alpha: Tensor, sigma: Tensor, smoothing: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-row ``alpha``, ``sigma`` and ``v = sigma^2 + alpha^2 h^2`` [B] for the rows of ``x`` (``h = smoothing``)."""
+    a = torch.as_tensor(alpha, dtype=x.dtype, device=x.device).expand(x.shape[0])
+    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
+    return a, s, s * s + (a * smoothing) ** 2

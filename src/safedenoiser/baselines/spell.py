@@ -19,10 +19,11 @@ import math
 import torch
 from torch import Tensor
 
-from safedenoiser.core.kernels import DEFAULT_CHUNK
 from safedenoiser.core.safe_denoiser import Correction, StepRecord
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet
+
+DEFAULT_CHUNK = 4096
 
 
 def repel(x: Tensor, y: Tensor, radius: float, *, y_sqnorm: Tensor | None = None,
@@ -95,8 +96,8 @@ class Spell:
         x = x0_hat.reshape(batch, -1).to(dtype)
         a, s = float(torch.as_tensor(alpha).reshape(-1)[0]), float(torch.as_tensor(sigma).reshape(-1)[0])
         if s / max(a, 1e-12) >= self.min_sigma:
-            y, y_sq = self.negation.flat(x.device, dtype)
-            moved, hits = repel(x, y, self.radius, y_sqnorm=y_sq, chunk_size=self.chunk_size)
+            y = self.negation.flat(x.device, dtype)
+            moved, hits = repel(x, y.rows, self.radius, y_sqnorm=y.sqnorm, chunk_size=self.chunk_size)
         else:
             moved, hits = x, torch.zeros(batch, dtype=torch.long, device=x.device)
         acted = hits > 0

@@ -1,7 +1,9 @@
 """Estimators of ``beta(x_t) = P(unsafe | x_t) = b p_unsafe,t(x_t) / p_t(x_t)`` (DESIGN §1).
 
 Each estimator is called as ``beta(x_t, alpha, sigma, x0_hat, unsafe) -> [B]`` where ``x0_hat`` is
-the model's ``D(x_t)`` and ``unsafe`` the negation set's posterior at ``x_t`` (`UnsafePosterior`).
+the model's ``D(x_t)`` and ``unsafe`` the negation set's posterior at ``x_t`` (`UnsafePosterior`;
+`SafeDenoiser` fills its ``clean_log_mass`` in the same pass over the set when the estimator's
+``negation`` is the denoiser's set).
 Parameters that are not given are calibrated from the sets themselves.
 """
 
@@ -13,7 +15,6 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor
 
-from safedenoiser.core.kernels import kernel_mean
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet, UnsafePosterior
 
@@ -43,14 +44,6 @@ class ConstantBeta:
 
     def __call__(self, x_t, alpha, sigma, x0_hat, unsafe):
         return torch.full((x_t.shape[0],), self.value, dtype=x_t.dtype, device=x_t.device)
-
-
-def clean_log_mass(x: Tensor, negation: NegationSet) -> Tensor:
-    """``log sum_n exp(-||x - y_n||^2 / (2 h^2))`` at noise level 0, ``h`` the set's bandwidth."""
-    x = x.reshape(x.shape[0], -1)
-    y, y_sq = negation.flat(x.device, x.dtype)
-    h2 = torch.full((x.shape[0],), 2 * negation.bandwidth ** 2, dtype=x.dtype, device=x.device)
-    return kernel_mean(x, y, scale=torch.ones_like(h2), bandwidth=h2, y_sqnorm=y_sq, with_mean=False)[1]
 
 
 def support_threshold(negation: NegationSet, quantile: float) -> tuple[float, float]:
@@ -88,7 +81,7 @@ class KernelRatioBeta:
                                     f"set {negation.sample_shape}; both must live in the model's space")
         if prior is None:
             tau, _ = support_threshold(negation, quantile)
-            inside = clean_log_mass(self.reference.latents.double(), negation) >= tau
+            inside = negation.clean_log_mass(self.reference.latents.double()) >= tau
             prior = min(max(float(inside.double().mean()) / (1 - quantile), 1.0 / len(self.reference)), 1.0)
         self.prior = prior
 
@@ -104,9 +97,10 @@ class KernelGateBeta:
         beta(x_t) = sigmoid( (log m(D(x_t)) - tau) / T ),   m(x) = sum_n exp(-||x - y_n||^2 / (2 h^2))
 
     ``tau`` is the ``quantile`` of the leave-one-out log-mass over the set's own points and ``T`` a
-    tenth of the spread between their median and ``tau``. Alone it only fires once ``D(x_t)`` is in
-    the set's support, where ``D - D_unsafe`` is small, so it pushes harder: ``w`` up to
-    ``max_weight = 100`` (20 cut the known-answer mixture's negated share only to 3.5-6.1%).
+    tenth of the spread between their median and ``tau``. ``log m(D(x_t))`` is read from
+    ``unsafe.clean_log_mass`` when the posterior carries it, else computed here. Alone it only fires
+    once ``D(x_t)`` is in the set's support, where ``D - D_unsafe`` is small, so it pushes harder:
+    ``w`` up to ``max_weight = 100`` (20 cut the known-answer mixture's negated share only to 3.5-6.1%).
     """
 
     max_weight = 100.0
@@ -117,7 +111,9 @@ class KernelGateBeta:
         self.temperature = spread / 10
 
     def __call__(self, x_t, alpha, sigma, x0_hat, unsafe):
-        return torch.sigmoid((clean_log_mass(x0_hat, self.negation) - self.tau) / self.temperature)
+        log_mass = unsafe.clean_log_mass if unsafe is not None and unsafe.clean_log_mass is not None \
+            else self.negation.clean_log_mass(x0_hat)
+        return torch.sigmoid((log_mass - self.tau) / self.temperature)
 
 
 class HybridBeta:
@@ -131,6 +127,11 @@ class HybridBeta:
     def __init__(self, negation: NegationSet, reference: Tensor | NegationSet, *, smoothing: float | None = None):
         self.ratio = KernelRatioBeta(negation, reference, smoothing=smoothing)
         self.gate = KernelGateBeta(negation, quantile=0.5)
+
+    @property
+    def negation(self) -> NegationSet:
+        """The set whose clean log-mass the gate reads."""
+        return self.gate.negation
 
     def __call__(self, x_t, alpha, sigma, x0_hat, unsafe):
         return torch.maximum(self.ratio(x_t, alpha, sigma, x0_hat, unsafe), self.gate(x_t, alpha, sigma, x0_hat, unsafe))

@@ -1,80 +1,106 @@
-"""Kernel-weighted means over a negation set, chunked over the set (DESIGN §1).
+"""Kernel weights over a negation set (DESIGN §1).
 
-Everything here reduces to one routine: for each query row ``x_b`` and set rows ``y_n``
+Everything here reduces to one matrix of logits: for query rows ``x_b`` and set rows ``y_n``
 
-    logit_bn = -||x_b - c_b y_n||^power / bandwidth_b
-    mean_b   = sum_n softmax_n(logit_bn) y_n,      log_mass_b = logsumexp_n(logit_bn)
+    logit_bn   = -||x_b - c_b y_n||^power / bandwidth_b
+    log_mass_b = logsumexp_n(logit_bn),      mean_b = sum_n softmax_n(logit_bn) y_n
 
-with distances from one matrix product (``||x||^2 - 2 c x.y + c^2 ||y||^2``) and an online
-log-sum-exp, so memory is O(set + batch x chunk), never batch x set x dimension.
+with distances from one matrix product (``||x||^2 - 2 c x.y + c^2 ||y||^2``) and the mean from a
+second one over the points that carry weight, so memory is O(set + batch x set), never batch x set
+x dimension. Rows with different ``c`` and ``bandwidth`` share the product: one pass over the set
+serves several kernels.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-DEFAULT_CHUNK = 4096
+
+@dataclass(frozen=True)
+class FlatSet:
+    """A set of ``M`` points in ``D`` dimensions, laid out for the two matrix products.
+
+    ``columns`` is ``Y^T`` [D, M], contiguous: the distances ``X @ Y^T`` (on CPU twice as fast as
+    against the transposed view of ``Y``) and dense weighted means read it, so a step streams one
+    matrix per set, which stays in cache between the two products. ``rows`` is ``Y`` [M, D], from
+    which sparse weighted means gather the few rows that carry weight. ``sqnorm`` holds ``||y_n||^2`` [M].
+    """
+
+    rows: Tensor
+    columns: Tensor
+    sqnorm: Tensor
+
+    @classmethod
+    def of(cls, y: Tensor) -> FlatSet:
+        """Lay out ``y`` [M, ...], flattened to [M, D]; ``rows`` is a view when ``y`` is contiguous."""
+        rows = y.reshape(y.shape[0], -1)
+        return cls(rows, rows.T.contiguous(), (rows * rows).sum(1))
 
 
-def kernel_mean(x: Tensor, y: Tensor, *, scale: Tensor, bandwidth: Tensor, power: int = 2,
-                y_sqnorm: Tensor | None = None, chunk_size: int = DEFAULT_CHUNK,
-                with_mean: bool = True) -> tuple[Tensor | None, Tensor]:
-    """Softmax-weighted mean of ``y`` [M, D] for each row of ``x`` [B, D], and its log-sum-exp.
+def squared_distances(x: Tensor, y: FlatSet, scale: Tensor | None = None) -> Tensor:
+    """``||x_b - c_b y_n||^2`` [B, M] for rows of ``x`` [B, D] (``scale`` ``c`` [B], 1 by default):
+    ``||x||^2 + c^2 ||y||^2 - 2 c (x . y)``, one matrix product."""
+    scale = torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device) if scale is None else scale.reshape(-1, 1)
+    offset = (x * x).sum(1, keepdim=True) + scale * scale * y.sqnorm
+    return (x @ y.columns).mul_(-2 * scale).add_(offset).clamp_min_(0)
 
-    ``scale`` and ``bandwidth`` are per-row tensors [B]; ``power`` is 2 (Gaussian kernel, squared
-    distance) or 1 (plain distance, as in the authors' code). Returns ``(mean [B, D], log_mass [B])``;
-    the mean is ``None`` (and not computed) when ``with_mean`` is False.
+
+def kernel_logits(x: Tensor, y: FlatSet, *, scale: Tensor, bandwidth: Tensor, power: int = 2) -> Tensor:
+    """``logit_bn = -||x_b - c_b y_n||^power / bandwidth_b`` [B, M] for rows of ``x`` [B, D].
+
+    ``scale`` (``c``) and ``bandwidth`` are per-row tensors [B]; ``power`` is 2 (Gaussian kernel,
+    squared distance) or 1 (plain distance, as in the authors' code).
     """
     if power not in (1, 2):
         raise ValueError(f"power must be 1 or 2, got {power}")
-    if y_sqnorm is None:
-        y_sqnorm = (y * y).sum(1)
-    scale, bandwidth = scale.reshape(-1, 1), bandwidth.reshape(-1, 1)
-    x_sqnorm, x_scaled = (x * x).sum(1, keepdim=True), x * scale
-    run_max = torch.full((x.shape[0], 1), -math.inf, dtype=x.dtype, device=x.device)
-    run_sum = torch.zeros((x.shape[0], 1), dtype=x.dtype, device=x.device)
-    run_mean = torch.zeros_like(x) if with_mean else None
-    for start in range(0, y.shape[0], chunk_size):
-        y_c, y2_c = y[start:start + chunk_size], y_sqnorm[start:start + chunk_size]
-        # ||x - c y||^2 = ||x||^2 + c^2 ||y||^2 - 2 (c x) . y, one matrix product per chunk
-        sq = torch.addmm(x_sqnorm + scale * scale * y2_c[None], x_scaled, y_c.T, alpha=-2.0).clamp_min_(0)
-        logits = (sq if power == 2 else sq.sqrt_()).div_(-bandwidth)
-        new_max = torch.maximum(run_max, logits.amax(1, keepdim=True))
-        decay = torch.exp(run_max - new_max)
-        weights = logits.sub_(new_max).exp_()
-        run_sum = run_sum * decay + weights.sum(1, keepdim=True)
-        if with_mean:
-            run_mean = run_mean * decay + weights @ y_c
-        run_max = new_max
-    return (run_mean / run_sum if with_mean else None), (run_max + run_sum.log()).squeeze(1)
+    sq = squared_distances(x, y, scale)
+    return (sq if power == 2 else sq.sqrt_()).div_(-bandwidth.reshape(-1, 1))
 
 
-def gaussian_log_density(x: Tensor, y: Tensor, *, alpha: Tensor, variance: Tensor,
-                         y_sqnorm: Tensor | None = None, chunk_size: int = DEFAULT_CHUNK,
-                         with_mean: bool = True) -> tuple[Tensor | None, Tensor]:
-    """The empirical distribution of ``y`` noised to ``x_t = alpha y + N(0, variance I)``.
+def softmax_weights(logits: Tensor, total: Tensor | None = None) -> Tensor:
+    """``total_b softmax_n(logit_bn)`` [B, M] (``total`` [B], 1 by default).
 
-    Returns ``(posterior mean E[y | x] [B, D], log density log p_t(x) [B])``; with
-    ``variance = sigma^2`` the mean is the unsafe denoiser of DESIGN §1:
-
-        D_unsafe(x_t) = sum_n y_n softmax_n( -||x_t - alpha y_n||^2 / (2 sigma^2) )
+    Points whose weight is below ``eps^2`` times the row's largest are dropped (weight 0): all of them
+    together cannot move a mean at this precision, and their products would underflow to subnormal
+    numbers, which slow a CPU matrix product several-fold.
     """
-    mean, log_mass = kernel_mean(x, y, scale=alpha, bandwidth=2 * variance, power=2,
-                                 y_sqnorm=y_sqnorm, chunk_size=chunk_size, with_mean=with_mean)
-    dim = x.shape[1]
-    log_density = log_mass - math.log(y.shape[0]) - 0.5 * dim * torch.log(2 * math.pi * variance)
-    return mean, log_density
+    weights = (logits - logits.amax(1, keepdim=True)).exp_()
+    weights.masked_fill_(weights < torch.finfo(weights.dtype).eps ** 2, 0.0)
+    scale = 1 / weights.sum(1, keepdim=True)
+    return weights.mul_(scale if total is None else total.reshape(-1, 1) * scale)
 
 
-def squared_distances(x: Tensor, y: Tensor, *, y_sqnorm: Tensor | None = None,
-                      chunk_size: int = DEFAULT_CHUNK) -> Tensor:
-    """``||x_b - y_n||^2`` [B, M] from one matrix product per chunk of ``y`` (memory O(B x M))."""
-    if y_sqnorm is None:
-        y_sqnorm = (y * y).sum(1)
-    x_sqnorm = (x * x).sum(1, keepdim=True)
-    return torch.cat([torch.addmm(x_sqnorm + y_sqnorm[start:start + chunk_size][None], x,
-                                  y[start:start + chunk_size].T, alpha=-2.0).clamp_min_(0)
-                      for start in range(0, y.shape[0], chunk_size)], 1)
+def weighted_mean(weights: Tensor, y: FlatSet, shift: Tensor | None = None) -> Tensor:
+    """``shift_b + sum_n w_bn y_n`` [B, D] for weights [B, M] (``shift`` [B, D], 0 by default).
+
+    When at most a quarter of the set carries any weight (the concentrated posteriors of high
+    dimensions, once `softmax_weights` drops the negligible ones), only those rows are gathered and
+    read; otherwise the product reads `FlatSet.columns`, the matrix the distances just read.
+    """
+    used = weights.any(0).nonzero().squeeze(1)
+    if 4 * used.numel() <= weights.shape[1]:
+        weights, rows = weights[:, used], y.rows[used]
+    else:
+        rows = y.columns.T
+    return weights @ rows if shift is None else torch.addmm(shift, weights, rows)
+
+
+def kernel_mean(x: Tensor, y: FlatSet, *, scale: Tensor, bandwidth: Tensor,
+                power: int = 2) -> tuple[Tensor, Tensor]:
+    """Softmax-weighted mean of the set for each row of ``x`` [B, D], and its log-sum-exp:
+    ``(mean [B, D], log_mass [B])`` of `kernel_logits`."""
+    logits = kernel_logits(x, y, scale=scale, bandwidth=bandwidth, power=power)
+    return weighted_mean(softmax_weights(logits), y), torch.logsumexp(logits, 1)
+
+
+def gaussian_log_density(log_mass: Tensor, *, set_size: int, dim: int, variance: Tensor) -> Tensor:
+    """``log p_t(x)`` [B] of the empirical distribution of ``M`` points noised to
+    ``x_t = alpha y + N(0, variance I)``, from ``log_mass`` of the logits ``-||x - alpha y_n||^2 / (2 variance)``:
+
+        log p_t(x) = log_mass - log M - (D / 2) log(2 pi variance)
+    """
+    return log_mass - math.log(set_size) - 0.5 * dim * torch.log(2 * math.pi * variance)

@@ -31,7 +31,7 @@ import math
 import torch
 from torch import Tensor
 
-from safedenoiser.core.kernels import squared_distances
+from safedenoiser.core.kernels import FlatSet, softmax_weights, squared_distances
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet
 
@@ -72,40 +72,39 @@ class LocalPosterior:
                                     "ordinary samples of the model (all kinds of images) as reference")
         self.prior = max(float(negated.double().mean()), 1.0 / len(r))
         self.unsafe, self.safe = y.float(), r[~negated].float()
-        self._cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+        self._cache: dict[tuple[torch.device, torch.dtype], FlatSet] = {}
 
     def reference_ratio(self, reference: Tensor, unsafe: Tensor, block: int = 1024) -> Tensor:
         """``p_unsafe(r) / p_ref(r)`` at each reference sample, both size-normalised adaptive kernel
         densities (each sample left out of the reference density at itself); ``block`` rows at a time."""
-        ratios = []
+        both = FlatSet.of(torch.cat([unsafe, reference]))
+        m, ratios = len(unsafe), []
         for start in range(0, len(reference), block):
             rows = reference[start:start + block]
-            sq_r = squared_distances(rows, reference)
-            sq_r[torch.arange(len(rows)), torch.arange(start, start + len(rows))] = math.inf
-            logits = _adaptive_logits(torch.cat([squared_distances(rows, unsafe), sq_r], 1), self.neighbours, self.width)
-            log_u = torch.logsumexp(logits[:, :len(unsafe)], 1) - math.log(len(unsafe))
-            log_r = torch.logsumexp(logits[:, len(unsafe):], 1) - math.log(len(reference) - 1)
+            sq = squared_distances(rows, both)
+            sq[torch.arange(len(rows)), m + torch.arange(start, start + len(rows))] = math.inf
+            logits = _adaptive_logits(sq, self.neighbours, self.width)
+            log_u = torch.logsumexp(logits[:, :m], 1) - math.log(m)
+            log_r = torch.logsumexp(logits[:, m:], 1) - math.log(len(reference) - 1)
             ratios.append((log_u - log_r).exp())
         return torch.cat(ratios)
 
-    def _points(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """Unsafe then safe points as one ``[M + K, D]`` matrix, with squared norms; cached per device and dtype."""
+    def _points(self, device: torch.device, dtype: torch.dtype) -> FlatSet:
+        """Unsafe then safe points as one set (``[M + K, D]``), laid out once per device and dtype."""
         key = (torch.device(device), dtype)
         if key not in self._cache:
-            points = torch.cat([self.unsafe, self.safe]).to(device=device, dtype=dtype)
-            self._cache[key] = (points, (points * points).sum(1))
+            self._cache[key] = FlatSet.of(torch.cat([self.unsafe, self.safe]).to(device=device, dtype=dtype))
         return self._cache[key]
 
     def __call__(self, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(beta [B], D_unsafe [B, D], D_safe [B, D])`` for flat estimates ``d`` [B, D]."""
-        points, sqnorm = self._points(d.device, d.dtype)
+        points = self._points(d.device, d.dtype)
         m = len(self.unsafe)
-        logits = _adaptive_logits(squared_distances(d, points, y_sqnorm=sqnorm), self.neighbours, self.width)
-        logits[:, :m] += math.log(self.prior / m)
-        logits[:, m:] += math.log((1 - self.prior) / (len(points) - m))
-        pi = torch.softmax(logits, 1)
-        pi_u, pi_s = pi[:, :m], pi[:, m:]
-        tiny = torch.finfo(d.dtype).tiny
-        beta, safe_mass = pi_u.sum(1), pi_s.sum(1)  # safe_mass = 1 - beta, without cancellation
-        return (beta, (pi_u @ points[:m]) / beta.clamp_min(tiny)[:, None],
-                (pi_s @ points[m:]) / safe_mass.clamp_min(tiny)[:, None])
+        logits = _adaptive_logits(squared_distances(d, points), self.neighbours, self.width)
+        # each side's weights normalised on their own, so neither side's mean underflows; the means read
+        # the matrix the distances just read (`FlatSet.columns`), still in cache
+        log_u = torch.logsumexp(logits[:, :m], 1) + math.log(self.prior / m)
+        log_s = torch.logsumexp(logits[:, m:], 1) + math.log((1 - self.prior) / (len(points.rows) - m))
+        beta = torch.sigmoid(log_u - log_s)
+        return (beta, softmax_weights(logits[:, :m]) @ points.columns[:, :m].T,
+                softmax_weights(logits[:, m:]) @ points.columns[:, m:].T)

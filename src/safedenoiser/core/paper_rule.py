@@ -40,9 +40,9 @@ class PaperRule:
         """Return ``(x0_safe, kernel mass m, acted)``."""
         batch = x0_hat.shape[0]
         x = x0_hat.reshape(batch, -1)
-        y, y_sq = self.negation.flat(x.device, x.dtype)
         one = torch.ones(batch, dtype=x.dtype, device=x.device)
-        mean, log_mass = kernel_mean(x, y, scale=one, bandwidth=one * 2 * self.h ** 2, power=1, y_sqnorm=y_sq)
+        mean, log_mass = kernel_mean(x, self.negation.flat(x.device, x.dtype), scale=one,
+                                     bandwidth=one * 2 * self.h ** 2, power=1)
         mass = log_mass.exp()
         d_neg = mean * (mass / (mass + 1e-8))[:, None]
         in_window = (torch.as_tensor(sigma, dtype=x.dtype, device=x.device) /

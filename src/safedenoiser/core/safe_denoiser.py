@@ -67,7 +67,7 @@ class StepRecord:
 class Correction:
     """One call's result: the safe ``x0`` and per-sample diagnostics."""
 
-    x0: Tensor
+    x0: Tensor  # x0_hat bit for bit when no sample acts (the same tensor for float32 and float64 input)
     beta: Tensor  # P(unsafe | x_t) for the identity, the kernel mass m for the paper rule
     acted: Tensor  # [B] bool
     renoise: bool  # the sampler should re-noise x0 instead of replacing the model output
@@ -112,6 +112,9 @@ class SafeDenoiser:
         self.beta = self._make_estimator(beta, reference)
         if max_weight is None:
             self.max_weight = getattr(self.beta, "max_weight", DEFAULT_MAX_WEIGHT)
+        # a gate over this very set reads the clean log-mass of D(x_t) from the posterior's pass over the set
+        self._gate_in_posterior = (isinstance(self.beta, (KernelGateBeta, HybridBeta))
+                                  and self.beta.negation is self.negation)
 
     def _make_estimator(self, beta: str | BetaEstimator, reference: Tensor | None) -> BetaEstimator | LocalPosterior:
         if not isinstance(beta, str):
@@ -155,15 +158,26 @@ class SafeDenoiser:
                              local_safe_denoise(d, d_unsafe.reshape(d.shape), d_safe.reshape(d.shape), beta), d)
             renoise = False
         else:
-            unsafe = self.negation.posterior(x, a, s, smoothing=self.smoothing)
-            beta = self.beta(x, a, s, d, unsafe)
-            w = safe_weight(beta, self.max_weight)
-            acted = w > self.min_weight
-            x0 = torch.where(acted.reshape(-1, *([1] * (d.ndim - 1))), safe_denoise(d, unsafe.mean, w), d)
+            x0, beta, acted = self._identity(x, a, s, d)
             renoise = False
         self.trace.append(StepRecord(sigma=float(s[0]), alpha=float(a[0]), beta_mean=float(beta.mean()),
                                      beta_max=float(beta.max()), acted=int(acted.sum()), batch=batch))
         return Correction(x0.to(x0_hat.dtype), beta, acted, renoise)
+
+    def _identity(self, x: Tensor, a: Tensor, s: Tensor, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(x0, beta, acted)`` of the key identity; ``beta`` decides first, and ``D_unsafe`` (a second
+        pass over the set) is computed only when some sample acts, else ``d`` passes through as is."""
+        if self._gate_in_posterior:
+            unsafe = self.negation.posterior(x, a, s, smoothing=self.smoothing, x0_hat=d)
+        else:
+            unsafe = self.negation.posterior(x, a, s, smoothing=self.smoothing)
+        beta = self.beta(x, a, s, d, unsafe)
+        w = safe_weight(beta, self.max_weight)
+        acted = w > self.min_weight
+        if not bool(acted.any()):
+            return d, beta, acted
+        x0 = torch.where(acted.reshape(-1, *([1] * (d.ndim - 1))), safe_denoise(d, unsafe.mean, w), d)
+        return x0, beta, acted
 
     def __call__(self, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float, x0_hat: Tensor) -> Tensor:
         return self.correct(x_t, alpha, sigma, x0_hat).x0
