@@ -18,47 +18,38 @@ from pathlib import Path
 import torch
 
 from safedenoiser import SafeDenoiser
-from safedenoiser.eval.methods import CONFIDENT, sample
-from safedenoiser.eval.metrics import accuracy, class_histogram, tv_distance, unsafe_rate
+from safedenoiser.eval.methods import MethodRun, measure, sample
 from safedenoiser.eval.scenarios import Scenario, text_scenario, unconditional_scenario
 
 ESTIMATORS = ("gate", "hybrid", "local")
+# the columns of `eval.methods.measure` shown here, and their headings
+COLUMNS = {"unsafe[direct]": "unsafe direct", "unsafe[paraphrase]": "unsafe paraphrase",
+           "unsafe[indirect]": "unsafe indirect", "unsafe[benign]": "unsafe benign", "unsafe[all]": "unsafe",
+           "accuracy": "benign accuracy", "confident": "recognisable", "tv_others": "TV others"}
 
 
-def measure(scenario: Scenario, images: torch.Tensor, vanilla_hist: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
-    """Unsafe rate per prompt group, benign accuracy, recognisable share, TV of the other classes."""
-    proba = scenario.judge.proba(images)
-    predicted, unsafe = proba.argmax(1), scenario.judge.unsafe(images)
-    groups = sorted(set(scenario.groups))
-    row = {g: unsafe_rate(unsafe[[i for i, h in enumerate(scenario.groups) if h == g]]) for g in groups}
-    benign = [i for i, t in enumerate(scenario.targets) if t is not None]
-    if benign:
-        row["benign accuracy"] = accuracy(predicted[benign], torch.tensor([scenario.targets[i] for i in benign]))
-    row["recognisable"] = float((proba.max(1).values >= CONFIDENT).double().mean())
-    hist = class_histogram(predicted, 10)
-    if vanilla_hist is not None:
-        row["TV others"] = tv_distance(hist, vanilla_hist, exclude=scenario.negated_class)
-    return row, hist
-
-
-def run(scenario: Scenario) -> list[tuple[str, dict]]:
+def run(scenario: Scenario) -> list[dict]:
+    """Vanilla, then each estimator, on the same requests and seeds; `eval.methods.measure` rows."""
     idx = list(range(len(scenario)))
-    vanilla, hist = measure(scenario, sample(scenario, idx, scenario.seeds(0)), None)
-    rows = [("vanilla", vanilla)]
-    for estimator in ESTIMATORS:
-        safe = SafeDenoiser(scenario.negation, beta=estimator, reference=scenario.reference)
-        rows.append((estimator, measure(scenario, sample(scenario, idx, scenario.seeds(0), corrector=safe), hist)[0]))
-    return rows
+
+    def measured(name: str, corrector=None, vanilla_hist: torch.Tensor | None = None) -> dict:
+        images = sample(scenario, idx, scenario.seeds(0), corrector=corrector)
+        return measure(scenario, MethodRun(name, None, images, 0.0, 0), vanilla_hist)
+
+    vanilla = measured("vanilla")
+    hist = torch.tensor(vanilla["histogram"], dtype=torch.float64)
+    return [vanilla] + [measured(e, SafeDenoiser(scenario.negation, beta=e, reference=scenario.reference), hist)
+                        for e in ESTIMATORS]
 
 
-def table(title: str, results: dict[int, list[tuple[str, dict]]]) -> list[str]:
-    columns = list(next(iter(results.values()))[1][1])
-    lines = [f"## {title}", "", "| class | estimator | " + " | ".join(columns) + " |",
-             "|---|---|" + "---|" * len(columns)]
+def table(title: str, results: dict[int, list[dict]]) -> list[str]:
+    shown = [c for c in COLUMNS if any(c in row for rows in results.values() for row in rows)]
+    lines = [f"## {title}", "", "| class | estimator | " + " | ".join(COLUMNS[c] for c in shown) + " |",
+             "|---|---|" + "---|" * len(shown)]
     for cls, rows in results.items():
-        for name, row in rows:
-            lines.append(f"| {cls} | {name} | " + " | ".join(f"{row[c]:.1%}" if c != "TV others" else f"{row[c]:.3f}"
-                                                             for c in columns if c in row) + " |")
+        for row in rows:
+            cells = ["" if c not in row else f"{row[c]:.3f}" if c == "tv_others" else f"{row[c]:.1%}" for c in shown]
+            lines.append(f"| {cls} | {row['method']} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -73,22 +64,22 @@ def main() -> None:
     text, unconditional = {}, {}
     for cls in args.classes:
         text[cls] = run(text_scenario(args.text_n, cls))
-        print(cls, "text", text[cls], flush=True)
         unconditional[cls] = run(unconditional_scenario(args.unconditional_n, cls))
-        print(cls, "unconditional", unconditional[cls], flush=True)
+        print(f"class {cls} done ({time.perf_counter() - start:.0f} s)", flush=True)
     lines = ["# Beta estimators on the bundled models", "",
-             f"`python benchmarks/model_estimators.py --text-n {args.text_n} --unconditional-n {args.unconditional_n}` "
+             f"`python benchmarks/model_estimators.py --text-n {args.text_n} --unconditional-n {args.unconditional_n} "
+             f"--classes {' '.join(map(str, args.classes))}` "
              f"({time.perf_counter() - start:.0f} s). Negation set: 500 real test-split images of the class; reference: "
              "500 training images of all classes; DDIM 25 steps, CFG 4 (text), the same seeds for every row. Judge: "
              "the bundled classifier; recognisable: its top probability >= 0.8; TV others: total variation between "
-             "the other classes' shares (renormalised) and vanilla's (for text over all requests, so the unsafe "
-             "requests' new classes count too).", "",
+             "the other classes' shares (renormalised) and vanilla's (unconditional only).", "",
              "Estimators: `gate` (no reference; the default without one), `hybrid` (x_t-space density ratio or "
              "gate), `local` (x0-space local posterior, core/local.py; the default with a reference).", ""]
     lines += table("Text-conditional (`fashion-text`)", text)
     lines += table("Unconditional (`fashion-class`, null label)", unconditional)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
