@@ -71,8 +71,16 @@ class LocalPosterior:
             raise SafeDenoiserError(f"all {len(r)} reference samples lie in the negation set's region; give "
                                     "ordinary samples of the model (all kinds of images) as reference")
         self.prior = max(float(negated.double().mean()), 1.0 / len(r))
-        self.unsafe, self.safe = y.float(), r[~negated].float()
+        self.points, self.split = torch.cat([y, r[~negated]]).float(), len(y)  # unsafe rows, then safe ones
         self._cache: dict[tuple[torch.device, torch.dtype], FlatSet] = {}
+
+    @property
+    def unsafe(self) -> Tensor:
+        return self.points[:self.split]
+
+    @property
+    def safe(self) -> Tensor:
+        return self.points[self.split:]
 
     def reference_ratio(self, reference: Tensor, unsafe: Tensor, block: int = 1024) -> Tensor:
         """``p_unsafe(r) / p_ref(r)`` at each reference sample, both size-normalised adaptive kernel
@@ -93,13 +101,12 @@ class LocalPosterior:
         """Unsafe then safe points as one set (``[M + K, D]``), laid out once per device and dtype."""
         key = (torch.device(device), dtype)
         if key not in self._cache:
-            self._cache[key] = FlatSet.of(torch.cat([self.unsafe, self.safe]).to(device=device, dtype=dtype))
+            self._cache[key] = FlatSet.of(self.points.to(device=device, dtype=dtype))
         return self._cache[key]
 
     def __call__(self, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(beta [B], D_unsafe [B, D], D_safe [B, D])`` for flat estimates ``d`` [B, D]."""
-        points = self._points(d.device, d.dtype)
-        m = len(self.unsafe)
+        points, m = self._points(d.device, d.dtype), self.split
         logits = _adaptive_logits(squared_distances(d, points), self.neighbours, self.width)
         # each side's weights normalised on their own, so neither side's mean underflows; the means read
         # the matrix the distances just read (`FlatSet.columns`), still in cache
