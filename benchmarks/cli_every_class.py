@@ -7,6 +7,9 @@ bundled classifier judges the PNGs. Target: vanilla direct >= 60%, safe <= 5% in
 other classes' on-class accuracy within 5 points of vanilla. Prints and writes the table to --out.
 
     python benchmarks/cli_every_class.py [--classes 0 1 ...] [--n-per-prompt 2] [--work DIR] [--out FILE]
+
+The commands write into a fresh temporary folder (removed at the end), or into --work DIR, which must
+be new or empty: `generate` resumes a folder that holds the same run, so old images would be reused.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -113,18 +117,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--n-per-prompt", type=int, default=2)
-    parser.add_argument("--work", type=Path, default=Path(".cache/cli-every-class"))
+    parser.add_argument("--work", type=Path, help="keep the commands' files here (a new or empty folder)")
     parser.add_argument("--out", type=Path, default=Path("docs/results/cli_every_class.md"))
     args = parser.parse_args()
+    if args.work is None:
+        with tempfile.TemporaryDirectory() as work:
+            run(args, Path(work))
+    elif args.work.exists() and any(args.work.iterdir()):
+        sys.exit(f"--work {args.work} is not empty; give a new folder (old runs there would be resumed, not redone)")
+    else:
+        run(args, args.work)
 
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    """Every requested class through the commands in ``work``; print and write the table."""
     start = time.time()
     images, labels = load_fashion_mnist("test", size=32)
     subset = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:N_REFERENCE]
-    reference = export_pngs(images[subset], args.work / "reference")
+    reference = export_pngs(images[subset], work / "reference")
     rows = {}
     for k in args.classes:
         t0 = time.time()
-        rows[k] = run_class(k, images, labels, reference, args.work, args.n_per_prompt)
+        rows[k] = run_class(k, images, labels, reference, work, args.n_per_prompt)
         print(f"class {k} ({CLASS_NAMES[k]}): {'holds' if rows[k]['holds'] else 'misses'}, "
               f"{time.time() - t0:.0f} s", flush=True)
     groups = list(prompt_map(args.classes[0]).values())

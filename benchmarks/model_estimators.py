@@ -21,7 +21,9 @@ from safedenoiser import SafeDenoiser
 from safedenoiser.eval.methods import MethodRun, measure, sample
 from safedenoiser.eval.scenarios import Scenario, text_scenario, unconditional_scenario
 
-ESTIMATORS = ("gate", "hybrid", "local")
+# row name -> SafeDenoiser arguments
+ESTIMATORS = {"gate": {"beta": "gate"}, "hybrid": {"beta": "hybrid"}, "local": {"beta": "local"},
+              "local, no latch": {"beta": "local", "latch": False}}
 # the columns of `eval.methods.measure` shown here, and their headings
 COLUMNS = {"unsafe[direct]": "unsafe direct", "unsafe[paraphrase]": "unsafe paraphrase",
            "unsafe[indirect]": "unsafe indirect", "unsafe[benign]": "unsafe benign", "unsafe[all]": "unsafe",
@@ -38,8 +40,8 @@ def run(scenario: Scenario) -> list[dict]:
 
     vanilla = measured("vanilla")
     hist = torch.tensor(vanilla["histogram"], dtype=torch.float64)
-    return [vanilla] + [measured(e, SafeDenoiser(scenario.negation, beta=e, reference=scenario.reference), hist)
-                        for e in ESTIMATORS]
+    return [vanilla] + [measured(name, SafeDenoiser(scenario.negation, reference=scenario.reference, **kwargs), hist)
+                        for name, kwargs in ESTIMATORS.items()]
 
 
 def table(title: str, results: dict[int, list[dict]]) -> list[str]:
@@ -74,7 +76,8 @@ def main() -> None:
              "the bundled classifier; recognisable: its top probability >= 0.8; TV others: total variation between "
              "the other classes' shares (renormalised) and vanilla's (unconditional only).", "",
              "Estimators: `gate` (no reference; the default without one), `hybrid` (x_t-space density ratio or "
-             "gate), `local` (x0-space local posterior, core/local.py; the default with a reference).", ""]
+             "gate), `local` (x0-space local posterior, core/local.py; the default with a reference), `local, no latch` "
+             "(each step's beta on its own instead of the trajectory's running maximum, `latched_beta`).", ""]
     lines += table("Text-conditional (`fashion-text`)", text)
     lines += table("Unconditional (`fashion-class`, null label)", unconditional)
     args.out.parent.mkdir(parents=True, exist_ok=True)

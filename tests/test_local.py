@@ -87,3 +87,21 @@ def test_refuses_a_reference_that_is_all_negated_or_misshaped(sets):
         LocalPosterior(negation, torch.zeros(10, DIM + 1))
     with pytest.raises(SafeDenoiserError, match="at least 2 reference samples"):
         LocalPosterior(negation, torch.zeros(1, DIM))
+
+
+def test_latch_holds_the_highest_beta_of_the_trajectory_and_resets_with_a_new_one(sets):
+    negation, reference = sets
+    gen = torch.Generator().manual_seed(5)
+    unsafe_d, safe_d = _cluster(2, 3.0, gen), _cluster(2, -3.0, gen)
+    latched, plain = SafeDenoiser(negation, reference=reference), SafeDenoiser(negation, reference=reference, latch=False)
+    # step 1 (noisy): estimates in the unsafe cluster; step 2 (less noisy): in the safe one
+    for safe in (latched, plain):
+        safe.correct(unsafe_d, 0.5, 0.8, unsafe_d)
+    held, fresh = latched.correct(safe_d, 0.9, 0.3, safe_d), plain.correct(safe_d, 0.9, 0.3, safe_d)
+    assert (held.beta > 0.99).all() and (fresh.beta < 0.01).all()
+    assert (held.x0.mean(1) < safe_d.mean(1) - 3.0).all()  # the correction stays on
+    assert torch.equal(fresh.x0, safe_d)
+    # a new trajectory (the noise level rises again) or a new batch starts from its own beta
+    assert (latched.correct(safe_d, 0.5, 0.8, safe_d).beta < 0.01).all()
+    latched.correct(unsafe_d, 0.5, 0.8, unsafe_d)
+    assert (latched.correct(safe_d[:1], 0.9, 0.3, safe_d[:1]).beta < 0.01).all()

@@ -50,6 +50,18 @@ def local_safe_denoise(d: Tensor, d_unsafe: Tensor, d_safe: Tensor, beta: Tensor
     return d + beta.reshape(-1, *([1] * (d.ndim - 1))).to(d.dtype) * (d_safe - d_unsafe)
 
 
+def latched_beta(beta: Tensor, earlier: Tensor) -> Tensor:
+    """``beta_t = max(beta_t, beta_t')`` over the trajectory's earlier (noisier) steps ``t' > t``.
+
+    Under strong guidance the estimate ``D`` leaves the data at low noise: a prompt for the negated
+    class yields a sharper, farther version of it than any real image, the local kernel can no longer
+    tell the two sides apart, and beta sinks back to the prior just when guidance redraws the negated
+    concept. Holding the highest beta seen keeps the correction on for such a trajectory
+    (benchmarks/cli_every_class.py measures both).
+    """
+    return torch.maximum(beta, earlier)
+
+
 @dataclass
 class StepRecord:
     """What the safe denoiser did at one call: noise level, beta (or kernel mass) and how many acted."""
@@ -91,6 +103,8 @@ class SafeDenoiser:
             the estimator's own (``KernelGateBeta.max_weight``, else 20). The local estimator needs
             none: its correction ``beta (D_safe - D_unsafe)`` is bounded.
         min_weight: below this ``w`` the model's output passes through untouched (bit for bit).
+        latch: with the local estimator, keep each sample's beta at its maximum so far along the
+            trajectory (`latched_beta`); ``False`` uses each step's beta on its own.
         smoothing: kernel width ``h`` of the unsafe posterior; ``None`` takes the set's calibrated one.
         params: the paper rule's ``h``, ``s``, ``window``, ``tau`` (override a preset's values).
     """
@@ -98,8 +112,10 @@ class SafeDenoiser:
     def __init__(self, negation: NegationSet | UnsafeModel, *, preset: str | None = None,
                  beta: str | BetaEstimator = "auto", reference: Tensor | None = None,
                  max_weight: float | None = None, min_weight: float = DEFAULT_MIN_WEIGHT,
-                 smoothing: float | None = None, **params: float):
+                 smoothing: float | None = None, latch: bool = True, **params: float):
         self.negation = negation
+        self.latch = latch
+        self._latched: tuple[Tensor, float] | None = None  # (beta so far, noise level sigma/alpha of the last call)
         self.max_weight, self.min_weight = DEFAULT_MAX_WEIGHT if max_weight is None else max_weight, min_weight
         self.trace: list[StepRecord] = []
         self.paper: PaperRule | None = None
@@ -153,6 +169,8 @@ class SafeDenoiser:
             renoise = True
         elif isinstance(self.beta, LocalPosterior):
             beta, d_unsafe, d_safe = self.beta(d.reshape(batch, -1))
+            if self.latch:
+                beta = self._latch(beta, float(s[0] / a[0]))
             acted = safe_weight(beta, self.max_weight) > self.min_weight
             x0 = torch.where(acted.reshape(-1, *([1] * (d.ndim - 1))),
                              local_safe_denoise(d, d_unsafe.reshape(d.shape), d_safe.reshape(d.shape), beta), d)
@@ -163,6 +181,15 @@ class SafeDenoiser:
         self.trace.append(StepRecord(sigma=float(s[0]), alpha=float(a[0]), beta_mean=float(beta.mean()),
                                      beta_max=float(beta.max()), acted=int(acted.sum()), batch=batch))
         return Correction(x0.to(x0_hat.dtype), beta, acted, renoise)
+
+    def _latch(self, beta: Tensor, level: float) -> Tensor:
+        """`latched_beta` against this trajectory's earlier steps; a new trajectory starts when the
+        noise level rises or the batch changes."""
+        previous = self._latched
+        if previous is not None and previous[0].shape == beta.shape and level <= previous[1]:
+            beta = latched_beta(beta, previous[0].to(beta))
+        self._latched = (beta, level)
+        return beta
 
     def _identity(self, x: Tensor, a: Tensor, s: Tensor, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(x0, beta, acted)`` of the key identity; ``beta`` decides first, and ``D_unsafe`` (a second
