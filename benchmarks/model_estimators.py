@@ -23,7 +23,7 @@ from safedenoiser.eval.scenarios import Scenario, text_scenario, unconditional_s
 
 # row name -> SafeDenoiser arguments
 ESTIMATORS = {"gate": {"beta": "gate"}, "hybrid": {"beta": "hybrid"}, "local": {"beta": "local"},
-              "local, no latch": {"beta": "local", "latch": False}}
+              "local, latch": {"beta": "local", "latch": True}}
 # the columns of `eval.methods.measure` shown here, and their headings
 COLUMNS = {"unsafe[direct]": "unsafe direct", "unsafe[paraphrase]": "unsafe paraphrase",
            "unsafe[indirect]": "unsafe indirect", "unsafe[benign]": "unsafe benign", "unsafe[all]": "unsafe",
@@ -76,8 +76,8 @@ def main() -> None:
              "the bundled classifier; recognisable: its top probability >= 0.8; TV others: total variation between "
              "the other classes' shares (renormalised) and vanilla's (unconditional only).", "",
              "Estimators: `gate` (no reference; the default without one), `hybrid` (x_t-space density ratio or "
-             "gate), `local` (x0-space local posterior, core/local.py; the default with a reference), `local, no latch` "
-             "(each step's beta on its own instead of the trajectory's running maximum, `latched_beta`).", ""]
+             "gate), `local` (x0-space local posterior, core/local.py; the default with a reference), `local, latch` "
+             "(each sample's highest beta so far along its trajectory instead of each step's own, `latched_beta`).", ""]
     lines += table("Text-conditional (`fashion-text`)", text)
     lines += table("Unconditional (`fashion-class`, null label)", unconditional)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -127,20 +127,31 @@ def test_negation_build_skips_non_images_and_records_the_class(negation_file, ne
     assert neg.metadata["source_dir"] == str(negation_images.resolve())
 
 
-def test_negation_build_stores_reference_images_for_the_local_estimator(model, negation_images, tmp_path):
-    reference = tmp_path / "reference"
-    reference.mkdir()
+@pytest.fixture(scope="module")
+def reference_images(tmp_path_factory) -> Path:
+    reference = tmp_path_factory.mktemp("reference")
     for i in range(6):  # plain colours: ordinary images unlike the noise images of the set
         Image.new("RGB", (16, 16), (40 * i, 255 - 40 * i, 128)).save(reference / f"ref{i}.png")
+    return reference
+
+
+def test_negation_build_stores_reference_images_for_the_local_estimator(model, negation_images, reference_images,
+                                                                        tmp_path):
     out = tmp_path / "set.safetensors"
     code, _, err = _run(["negation", "build", "--model", model, "--images", str(negation_images), "--out", str(out),
-                         "--reference-images", str(reference), "-q"])
+                         "--reference-images", str(reference_images), "-q"])
     assert code == 0, err
     neg = NegationSet.load(out)
     assert neg.reference is not None and neg.reference.shape == (6, *neg.sample_shape)
     from safedenoiser import SafeDenoiser
     from safedenoiser.core.local import LocalPosterior
     assert isinstance(SafeDenoiser(neg).beta, LocalPosterior)
+    # --latch is recorded in the run: resuming without it is refused
+    code, _, err = _gen(model, tmp_path / "run", "--prompt", "a bag", "--n", "1", "--negation", str(out), "--latch")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["settings"]["latch"] is True
+    code, _, err = _gen(model, tmp_path / "run", "--prompt", "a bag", "--n", "1", "--negation", str(out))
+    assert code == 2 and "latch: True there, None now" in err
 
 
 def test_negation_build_lists_skipped_files_and_refuses_to_overwrite(model, negation_images, tmp_path):
@@ -295,6 +306,8 @@ def wrong_shape_set(tmp_path_factory) -> Path:
     (["--prompt", "a", "--negation", "MISSING.safetensors"], "does not exist"),
     (["--prompt", "a", "--device", "tpu"], "--device must be cpu or cuda"),
     (["--prompt", "a", "--negation", "SET", "--preset", "sd99"], "unknown preset 'sd99'"),
+    (["--prompt", "a", "--latch"], "give --negation FILE too"),
+    (["--prompt", "a", "--negation", "SET", "--latch"], "latch holds the local estimator's beta"),
 ])
 def test_bad_input_exits_2_with_a_message(model, wrong_shape_set, negation_file, tmp_path, args, message):
     files = {"WRONG": str(wrong_shape_set), "SET": str(negation_file)}

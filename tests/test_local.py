@@ -93,7 +93,8 @@ def test_latch_holds_the_highest_beta_of_the_trajectory_and_resets_with_a_new_on
     negation, reference = sets
     gen = torch.Generator().manual_seed(5)
     unsafe_d, safe_d = _cluster(2, 3.0, gen), _cluster(2, -3.0, gen)
-    latched, plain = SafeDenoiser(negation, reference=reference), SafeDenoiser(negation, reference=reference, latch=False)
+    latched, plain = (SafeDenoiser(negation, reference=reference, latch=True),
+                      SafeDenoiser(negation, reference=reference, latch=False))
     # step 1 (noisy): estimates in the unsafe cluster; step 2 (less noisy): in the safe one
     for safe in (latched, plain):
         safe.correct(unsafe_d, 0.5, 0.8, unsafe_d)
@@ -105,3 +106,21 @@ def test_latch_holds_the_highest_beta_of_the_trajectory_and_resets_with_a_new_on
     assert (latched.correct(safe_d, 0.5, 0.8, safe_d).beta < 0.01).all()
     latched.correct(unsafe_d, 0.5, 0.8, unsafe_d)
     assert (latched.correct(safe_d[:1], 0.9, 0.3, safe_d[:1]).beta < 0.01).all()
+
+
+
+def test_no_latch_by_default(sets):
+    negation, reference = sets
+    gen = torch.Generator().manual_seed(6)
+    unsafe_d, safe_d = _cluster(2, 3.0, gen), _cluster(2, -3.0, gen)
+    safe = SafeDenoiser(negation, reference=reference)
+    safe.correct(unsafe_d, 0.5, 0.8, unsafe_d)
+    assert (safe.correct(safe_d, 0.9, 0.3, safe_d).beta < 0.01).all()
+
+
+def test_latch_is_refused_where_there_is_no_local_beta_to_hold(sets):
+    negation, _ = sets
+    with pytest.raises(SafeDenoiserError, match="latch holds the local estimator's beta"):
+        SafeDenoiser(negation, latch=True)
+    with pytest.raises(SafeDenoiserError, match="the paper rule has none"):
+        SafeDenoiser(negation, preset="sd14-nudity", latch=True)

@@ -36,6 +36,9 @@ def generate(
                                             "`safe-denoiser negation build`): sample safely away from it."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Use the authors' rule with a paper preset: "
                                          "sd14-nudity, sd14-copro, sd3-nudity, sd14-memorization."),
+    latch: bool = typer.Option(False, "--latch", help="Hold each image's highest beta along its trajectory: "
+                               "for concepts strong guidance redraws late (needs a set built with "
+                               "--reference-images); costs benign images near the concept."),
     out: Path = typer.Option(Path("generated"), "--out", help="Output folder: images/, manifest.jsonl, run.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run found in --out."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per pipeline call (does not change them)."),
@@ -59,7 +62,7 @@ def generate(
             raise SafeDenoiserError("--prompt is empty")
         rows = [prompt]
     result = run(out, model=model, prompts=rows, label=label, n=n, n_per_prompt=n_per_prompt, seed=seed,
-                 steps=steps, guidance=guidance, negation=negation, preset=preset, batch_size=batch_size,
+                 steps=steps, guidance=guidance, negation=negation, preset=preset, latch=latch, batch_size=batch_size,
                  device=device, dtype=dtype, overwrite=overwrite, progress=not quiet)
     typer.echo(f"{out}: {result.generated} image(s) written, {result.skipped} already there, "
                f"{result.total} in the run; manifest {result.manifest}")

@@ -56,8 +56,9 @@ def latched_beta(beta: Tensor, earlier: Tensor) -> Tensor:
     Under strong guidance the estimate ``D`` leaves the data at low noise: a prompt for the negated
     class yields a sharper, farther version of it than any real image, the local kernel can no longer
     tell the two sides apart, and beta sinks back to the prior just when guidance redraws the negated
-    concept. Holding the highest beta seen keeps the correction on for such a trajectory
-    (benchmarks/cli_every_class.py measures both).
+    concept. Holding the highest beta seen keeps the correction on for such a trajectory. The price:
+    benign samples whose trajectory passed near the negated concept stay corrected too (measured in
+    benchmarks/model_estimators.py and benchmarks/cli_every_class.py), so it is an option.
     """
     return torch.maximum(beta, earlier)
 
@@ -104,7 +105,8 @@ class SafeDenoiser:
             none: its correction ``beta (D_safe - D_unsafe)`` is bounded.
         min_weight: below this ``w`` the model's output passes through untouched (bit for bit).
         latch: with the local estimator, keep each sample's beta at its maximum so far along the
-            trajectory (`latched_beta`); ``False`` uses each step's beta on its own.
+            trajectory (`latched_beta`): for concepts that strong guidance redraws late; it costs
+            benign samples near the negated concept. Off by default.
         smoothing: kernel width ``h`` of the unsafe posterior; ``None`` takes the set's calibrated one.
         params: the paper rule's ``h``, ``s``, ``window``, ``tau`` (override a preset's values).
     """
@@ -112,13 +114,15 @@ class SafeDenoiser:
     def __init__(self, negation: NegationSet | UnsafeModel, *, preset: str | None = None,
                  beta: str | BetaEstimator = "auto", reference: Tensor | None = None,
                  max_weight: float | None = None, min_weight: float = DEFAULT_MIN_WEIGHT,
-                 smoothing: float | None = None, latch: bool = True, **params: float):
+                 smoothing: float | None = None, latch: bool = False, **params: float):
         self.negation = negation
         self.latch = latch
         self._latched: tuple[Tensor, float] | None = None  # (beta so far, noise level sigma/alpha of the last call)
         self.max_weight, self.min_weight = DEFAULT_MAX_WEIGHT if max_weight is None else max_weight, min_weight
         self.trace: list[StepRecord] = []
         self.paper: PaperRule | None = None
+        if latch and (preset is not None or params):
+            raise SafeDenoiserError("latch is for the local estimator; the paper rule has none")
         if preset is not None or params:
             if not isinstance(negation, NegationSet):
                 raise SafeDenoiserError("the paper rule needs a NegationSet")
@@ -126,6 +130,9 @@ class SafeDenoiser:
             return
         self.smoothing = (negation.bandwidth if isinstance(negation, NegationSet) else 0.0) if smoothing is None else smoothing
         self.beta = self._make_estimator(beta, reference)
+        if latch and not isinstance(self.beta, LocalPosterior):
+            raise SafeDenoiserError("latch holds the local estimator's beta: give reference samples (reference=..., "
+                                    "or a set built with --reference-images) and beta='auto' or 'local'")
         if max_weight is None:
             self.max_weight = getattr(self.beta, "max_weight", DEFAULT_MAX_WEIGHT)
         # a gate over this very set reads the clean log-mass of D(x_t) from the posterior's pass over the set
