@@ -1,12 +1,14 @@
-"""The eval's method wiring: the paper rule's calibrated h, strengths, evaluation counting."""
+"""The eval's method wiring: the paper rule's calibrated h, strengths, evaluation counting, correctors."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from safedenoiser import NegationSet
-from safedenoiser.eval.methods import count_evals, paper_bandwidth
+from safedenoiser.core.local import LocalPosterior
+from safedenoiser.eval.methods import count_evals, make_corrector, paper_bandwidth
 
 
 def test_paper_bandwidth_puts_2h2_at_the_median_nearest_neighbour_distance():
@@ -24,3 +26,12 @@ def test_count_evals_counts_every_row_the_unet_sees():
         holder.unet(torch.zeros(6, 2))  # e.g. a CFG batch of 3 images
     holder.unet(torch.zeros(4, 2))  # outside the block: not counted
     assert evals[0] == 9
+
+
+@pytest.mark.parametrize("method, latch", [("safe-ref", False), ("safe-ref-latch", True)])
+def test_safe_ref_methods_use_the_local_estimator_with_or_without_the_latch(method, latch):
+    gen = torch.Generator().manual_seed(0)
+    scenario = SimpleNamespace(negation=NegationSet.from_latents(torch.randn(20, 4, 2, 2, generator=gen) + 3),
+                               reference=torch.randn(30, 4, 2, 2, generator=gen))
+    corrector = make_corrector(method, scenario)
+    assert isinstance(corrector.beta, LocalPosterior) and corrector.latch is latch

@@ -36,7 +36,8 @@ def evaluate(
     scenario: str = typer.Argument(..., help="text, class, unconditional, memorization, or a folder of "
                                    "generated images to judge (e.g. a `generate --out` folder)."),
     methods: str = typer.Option("all", "--methods", help="Comma-separated: vanilla, negative, sld, spell, "
-                                "safe-paper, safe, safe-ref, rejection (default: all that apply)."),
+                                "safe-paper, safe, safe-ref, rejection (default: all that apply); on request "
+                                "also safe-ref-model, safe-ref-latch."),
     n: int = typer.Option(200, "--n", help="Images per method."),
     out: Path = typer.Option(Path("eval-out"), "--out", help="Folder for SCENARIO.json and SCENARIO.png."),
     judge: str = typer.Option("classifier", "--judge", help="classifier (bundled models) or nudenet "
@@ -47,7 +48,7 @@ def evaluate(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
 ) -> None:
     """Run methods on the same seeds and report unsafe rate, accuracy, FD, histogram and cost."""
-    from safedenoiser.eval.methods import METHODS, evaluate as run
+    from safedenoiser.eval.methods import EXTRA_METHODS, METHODS, evaluate as run
     from safedenoiser.eval.report import markdown_table, save_results
     from safedenoiser.eval.scenarios import SCENARIOS, build_scenario
 
@@ -62,9 +63,9 @@ def evaluate(
         raise SafeDenoiserError("the bundled scenarios are Fashion-MNIST and judged by the bundled classifier; "
                                 "use --judge nudenet on a folder of images generated from a real model")
     chosen = list(METHODS) if methods == "all" else [m.strip() for m in methods.split(",") if m.strip()]
-    unknown = set(chosen) - set(METHODS)
+    unknown = set(chosen) - set(METHODS + EXTRA_METHODS)
     if unknown:
-        raise SafeDenoiserError(f"unknown method(s) {sorted(unknown)}; use {', '.join(METHODS)}")
+        raise SafeDenoiserError(f"unknown method(s) {sorted(unknown)}; use {', '.join(METHODS + EXTRA_METHODS)}")
     if n < 2:
         raise SafeDenoiserError("--n must be at least 2 (the Fréchet distance needs a covariance)")
     if threads:

@@ -8,6 +8,7 @@ Every method samples the same requests with the same seeds (the same initial noi
     spell          sparse repellency, `Spell` (radius: the set's 0.9-quantile NN distance)
     safe           `SafeDenoiser(negation)`: the library default
     safe-ref       `SafeDenoiser(negation, reference=...)`: with ordinary samples as reference (`LocalPosterior`)
+    safe-ref-latch the same with ``latch=True`` (each sample's highest beta along its trajectory)
     safe-paper     `SafeDenoiser(negation, h=..., s=..., window=...)`: the authors' rule
     rejection      vanilla, resampling what the judge flags (an oracle; up to 10 attempts)
 
@@ -35,7 +36,8 @@ from safedenoiser.eval.metrics import (accuracy, class_histogram, frechet_distan
 from safedenoiser.eval.scenarios import Scenario
 
 METHODS = ("vanilla", "negative", "sld", "spell", "safe-paper", "safe", "safe-ref", "rejection")
-EXTRA_METHODS = ("safe-ref-model",)  # reference = the model's own samples (other seeds); run on request
+# reference = the model's own samples (other seeds); the latched local estimator. Not in the sweep
+EXTRA_METHODS = ("safe-ref-model", "safe-ref-latch")
 REFERENCE_SEED = 500_000  # seeds of the model samples that serve as reference (disjoint from the eval's)
 # Each method's knob and the values the trade-off sweep visits (the first is the default).
 STRENGTHS: dict[str, tuple[str, list]] = {
@@ -131,9 +133,10 @@ def make_corrector(method: str, scenario: Scenario, strength=None):
     neg = scenario.negation
     if method == "safe":
         return SafeDenoiser(neg) if strength is None else SafeDenoiser(neg, max_weight=float(strength))
-    if method in ("safe-ref", "safe-ref-model"):  # the local estimator; its knob: neighbours of the kernel width
-        reference = scenario.reference if method == "safe-ref" else model_reference(scenario)
-        return SafeDenoiser(neg, beta=LocalPosterior(neg, reference, neighbours=int(strength or DEFAULT_NEIGHBOURS)))
+    if method in ("safe-ref", "safe-ref-model", "safe-ref-latch"):  # the local estimator; knob: its neighbours
+        reference = model_reference(scenario) if method == "safe-ref-model" else scenario.reference
+        return SafeDenoiser(neg, beta=LocalPosterior(neg, reference, neighbours=int(strength or DEFAULT_NEIGHBOURS)),
+                            latch=method == "safe-ref-latch")
     if method == "safe-paper":
         return SafeDenoiser(neg, h=paper_bandwidth(neg), s=PAPER_S if strength is None else float(strength),
                             window=PAPER_WINDOW)
