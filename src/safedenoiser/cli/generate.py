@@ -62,7 +62,7 @@ def generate(
             raise SafeDenoiserError("--prompt is empty")
         rows = [prompt]
     result = run(out, model=model, prompts=rows, label=label, n=n, n_per_prompt=n_per_prompt, seed=seed,
-                 steps=steps, guidance=guidance, negation=negation, preset=preset, latch=latch, batch_size=batch_size,
-                 device=device, dtype=dtype, overwrite=overwrite, progress=not quiet)
+                 steps=steps, guidance=guidance, negation=negation, preset=preset, latch=latch,
+                 batch_size=batch_size, device=device, dtype=dtype, overwrite=overwrite, progress=not quiet)
     typer.echo(f"{out}: {result.generated} image(s) written, {result.skipped} already there, "
                f"{result.total} in the run; manifest {result.manifest}")
