@@ -108,7 +108,6 @@ def test_latch_holds_the_highest_beta_of_the_trajectory_and_resets_with_a_new_on
     assert (latched.correct(safe_d[:1], 0.9, 0.3, safe_d[:1]).beta < 0.01).all()
 
 
-
 def test_no_latch_by_default(sets):
     negation, reference = sets
     gen = torch.Generator().manual_seed(6)
