@@ -8,33 +8,34 @@ from conftest import SD_SCHEDULER, tiny_vae
 from safedenoiser import NegationSet, SafeDenoiserError
 from safedenoiser.baselines import NegativeGuidance, RejectionSampler, SafetyGuidance, Spell
 from safedenoiser.baselines.spell import calibrate_radius, repel
+from safedenoiser.core.kernels import FlatSet
 
 
 # ------------------------------------------------------------------------------------- SPELL
 def test_repel_pushes_a_point_inside_one_ball_onto_its_surface():
     y = torch.zeros(1, 2)
-    moved, hits = repel(torch.tensor([[0.5, 0.0]]), y, radius=1.0)
+    moved, hits = repel(torch.tensor([[0.5, 0.0]]), FlatSet.of(y), radius=1.0)
     assert moved.tolist() == [[1.0, 0.0]] and hits.tolist() == [1]
 
 
 def test_repel_leaves_points_outside_every_ball_untouched():
     x = torch.tensor([[3.0, 4.0]])  # distance 5 from the origin
-    moved, hits = repel(x, torch.zeros(1, 2), radius=4.9)
+    moved, hits = repel(x, FlatSet.of(torch.zeros(1, 2)), radius=4.9)
     assert torch.equal(moved, x) and hits.tolist() == [0]
 
 
 def test_repel_sums_the_pushes_of_every_ball():
     # x = 0 between y1 = (-0.5, 0) and y2 = (0, 0.5), radius 1: pushes 0.5 (1, 0) + 0.5 (0, -1)
     y = torch.tensor([[-0.5, 0.0], [0.0, 0.5]])
-    moved, hits = repel(torch.zeros(1, 2), y, radius=1.0)
+    moved, hits = repel(torch.zeros(1, 2), FlatSet.of(y), radius=1.0)
     assert moved.tolist() == [[0.5, -0.5]] and hits.tolist() == [2]
 
 
 def test_repel_chunked_equals_unchunked():
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(7, 5, generator=gen, dtype=torch.float64), torch.randn(23, 5, generator=gen, dtype=torch.float64)
-    a, _ = repel(x, y, 2.5)
-    b, _ = repel(x, y, 2.5, chunk_size=4)
+    a, _ = repel(x, FlatSet.of(y), 2.5)
+    b, _ = repel(x, FlatSet.of(y), 2.5, chunk_size=4)
     assert torch.allclose(a, b, atol=1e-12)
 
 

@@ -19,6 +19,7 @@ import math
 import torch
 from torch import Tensor
 
+from safedenoiser.core.kernels import FlatSet, squared_distances
 from safedenoiser.core.safe_denoiser import Correction, StepRecord
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet
@@ -26,27 +27,23 @@ from safedenoiser.negation import NegationSet
 DEFAULT_CHUNK = 4096
 
 
-def repel(x: Tensor, y: Tensor, radius: float, *, y_sqnorm: Tensor | None = None,
-          chunk_size: int = DEFAULT_CHUNK) -> tuple[Tensor, Tensor]:
+def repel(x: Tensor, y: FlatSet, radius: float, *, chunk_size: int = DEFAULT_CHUNK) -> tuple[Tensor, Tensor]:
     """``x + sum_n relu(r - ||x - y_n||) (x - y_n) / ||x - y_n||`` for rows of ``x`` [B, D].
 
     Returns ``(x', hits)`` with ``hits`` [B] the number of balls each row fell into. Chunked over
     the set: distances from one matrix product per chunk, memory O(B x chunk).
     """
-    if y_sqnorm is None:
-        y_sqnorm = (y * y).sum(1)
-    x_sqnorm = (x * x).sum(1, keepdim=True)
     push_coef = torch.zeros((x.shape[0], 1), dtype=x.dtype, device=x.device)  # sum_n c_bn
     pull = torch.zeros_like(x)  # sum_n c_bn y_n
     hits = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-    for start in range(0, y.shape[0], chunk_size):
-        y_c, y2_c = y[start:start + chunk_size], y_sqnorm[start:start + chunk_size]
-        dist = torch.addmm(x_sqnorm + y2_c[None], x, y_c.T, alpha=-2.0).clamp_min_(0).sqrt_()
+    for start in range(0, len(y.rows), chunk_size):
+        chunk = y.part(start, start + chunk_size)
+        dist = squared_distances(x, chunk).sqrt_()
         inside = dist < radius
         # c_bn = relu(r - d) / d; a point exactly on y_n has no direction: leave it (c = 0)
         coef = torch.where(inside & (dist > 0), (radius - dist) / dist.clamp_min(1e-12), torch.zeros_like(dist))
         push_coef += coef.sum(1, keepdim=True)
-        pull += coef @ y_c
+        pull += coef @ chunk.rows
         hits += inside.sum(1)
     return x + push_coef * x - pull, hits
 
@@ -96,8 +93,7 @@ class Spell:
         x = x0_hat.reshape(batch, -1).to(dtype)
         a, s = float(torch.as_tensor(alpha).reshape(-1)[0]), float(torch.as_tensor(sigma).reshape(-1)[0])
         if s / max(a, 1e-12) >= self.min_sigma:
-            y = self.negation.flat(x.device, dtype)
-            moved, hits = repel(x, y.rows, self.radius, y_sqnorm=y.sqnorm, chunk_size=self.chunk_size)
+            moved, hits = repel(x, self.negation.flat(x.device, dtype), self.radius, chunk_size=self.chunk_size)
         else:
             moved, hits = x, torch.zeros(batch, dtype=torch.long, device=x.device)
         acted = hits > 0

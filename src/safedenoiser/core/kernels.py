@@ -40,6 +40,10 @@ class FlatSet:
         rows = y.reshape(y.shape[0], -1)
         return cls(rows, rows.T.contiguous(), (rows * rows).sum(1))
 
+    def part(self, start: int, stop: int | None = None) -> FlatSet:
+        """Points ``start:stop`` as a set of their own (views, nothing copied)."""
+        return FlatSet(self.rows[start:stop], self.columns[:, start:stop], self.sqnorm[start:stop])
+
 
 def squared_distances(x: Tensor, y: FlatSet, scale: Tensor | None = None) -> Tensor:
     """``||x_b - c_b y_n||^2`` [B, M] for rows of ``x`` [B, D] (``scale`` ``c`` [B], 1 by default):
