@@ -31,7 +31,7 @@ import math
 import torch
 from torch import Tensor
 
-from safedenoiser.core.kernels import FlatSet, softmax_weights, squared_distances
+from safedenoiser.core.kernels import FlatSet, softmax_weights, squared_distances, weighted_mean
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet
 
@@ -108,10 +108,9 @@ class LocalPosterior:
         """``(beta [B], D_unsafe [B, D], D_safe [B, D])`` for flat estimates ``d`` [B, D]."""
         points, m = self._points(d.device, d.dtype), self.split
         logits = _adaptive_logits(squared_distances(d, points), self.neighbours, self.width)
-        # each side's weights normalised on their own, so neither side's mean underflows; the means read
-        # the matrix the distances just read (`FlatSet.columns`), still in cache
         log_u = torch.logsumexp(logits[:, :m], 1) + math.log(self.prior / m)
         log_s = torch.logsumexp(logits[:, m:], 1) + math.log((1 - self.prior) / (len(points.rows) - m))
         beta = torch.sigmoid(log_u - log_s)
-        return (beta, softmax_weights(logits[:, :m]) @ points.columns[:, :m].T,
-                softmax_weights(logits[:, m:]) @ points.columns[:, m:].T)
+        # each side's weights normalised on their own, so neither side's mean underflows
+        return (beta, weighted_mean(softmax_weights(logits[:, :m]), points.part(0, m)),
+                weighted_mean(softmax_weights(logits[:, m:]), points.part(m)))
