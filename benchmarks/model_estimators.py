@@ -77,7 +77,8 @@ def main() -> None:
              "the other classes' shares (renormalised) and vanilla's (unconditional only).", "",
              "Estimators: `gate` (no reference; the default without one), `hybrid` (x_t-space density ratio or "
              "gate), `local` (x0-space local posterior, core/local.py; the default with a reference), `local, latch` "
-             "(each sample's highest beta so far along its trajectory instead of each step's own, `latched_beta`).", ""]
+             "(each sample's highest beta so far along its trajectory instead of each step's own, `latched_beta`, "
+             "and the correction `held_safe_denoise`).", ""]
     lines += table("Text-conditional (`fashion-text`)", text)
     lines += table("Unconditional (`fashion-class`, null label)", unconditional)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import torch
 
 from safedenoiser import NegationSet, SafeDenoiser, SafeDenoiserError
 from safedenoiser.core.local import LocalPosterior
-from safedenoiser.core.safe_denoiser import local_safe_denoise, safe_denoise
+from safedenoiser.core.safe_denoiser import held_safe_denoise, local_safe_denoise, safe_denoise
 
 DIM = 64
 
@@ -67,7 +67,18 @@ def test_bounded_form_equals_the_identity_where_the_decomposition_holds():
     beta = torch.tensor([0.0, 0.3, 0.9, 0.999], dtype=torch.float64)
     d = beta[:, None] * d_unsafe + (1 - beta[:, None]) * d_safe
     torch.testing.assert_close(local_safe_denoise(d, d_unsafe, d_safe, beta), d_safe)
+    torch.testing.assert_close(held_safe_denoise(d, d_unsafe, d_safe, beta), d_safe)
     torch.testing.assert_close(safe_denoise(d, d_unsafe, beta / (1 - beta)), d_safe)
+
+
+def test_held_form_keeps_only_the_safe_share_of_what_the_posterior_does_not_explain():
+    gen = torch.Generator().manual_seed(7)
+    d_unsafe, d_safe, extra = (torch.randn(3, 8, dtype=torch.float64, generator=gen) for _ in range(3))
+    beta = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    d = beta[:, None] * d_unsafe + (1 - beta[:, None]) * d_safe + extra  # e.g. guidance's extrapolation
+    torch.testing.assert_close(local_safe_denoise(d, d_unsafe, d_safe, beta), d_safe + extra)
+    torch.testing.assert_close(held_safe_denoise(d, d_unsafe, d_safe, beta), d_safe + (1 - beta[:, None]) * extra)
+    torch.testing.assert_close(held_safe_denoise(d, d_unsafe, d_safe, beta)[0], d[0])  # beta = 0: untouched
 
 
 def test_far_set_leaves_the_estimate_bit_identical(sets):
@@ -100,7 +111,8 @@ def test_latch_holds_the_highest_beta_of_the_trajectory_and_resets_with_a_new_on
         safe.correct(unsafe_d, 0.5, 0.8, unsafe_d)
     held, fresh = latched.correct(safe_d, 0.9, 0.3, safe_d), plain.correct(safe_d, 0.9, 0.3, safe_d)
     assert (held.beta > 0.99).all() and (fresh.beta < 0.01).all()
-    assert (held.x0.mean(1) < safe_d.mean(1) - 3.0).all()  # the correction stays on
+    _, d_unsafe, d_safe = latched.beta(safe_d)
+    torch.testing.assert_close(held.x0, held_safe_denoise(safe_d, d_unsafe, d_safe, held.beta))  # the correction stays on
     assert torch.equal(fresh.x0, safe_d)
     # a new trajectory (the noise level rises again) or a new batch starts from its own beta
     assert (latched.correct(safe_d, 0.5, 0.8, safe_d).beta < 0.01).all()

@@ -2,6 +2,7 @@
 
     D_safe(x_t) = D(x_t) + w(x_t) (D(x_t) - D_unsafe(x_t)),    w = beta / (1 - beta)
                 = D(x_t) + beta(x_t) (D_safe(x_t) - D_unsafe(x_t))   (the local estimator, core/local.py)
+                = D_safe(x_t) + (1 - beta(x_t)) e(x_t)               (the local estimator with the latch)
 
 A denoiser is a function ``(x_t, alpha, sigma) -> x0``; `SafeDenoiser.wrap` turns the model's
 denoiser into the safe one, and `SafeDenoiser.attach` does the same inside a diffusers pipeline.
@@ -50,13 +51,28 @@ def local_safe_denoise(d: Tensor, d_unsafe: Tensor, d_safe: Tensor, beta: Tensor
     return d + beta.reshape(-1, *([1] * (d.ndim - 1))).to(d.dtype) * (d_safe - d_unsafe)
 
 
+def held_safe_denoise(d: Tensor, d_unsafe: Tensor, d_safe: Tensor, beta: Tensor) -> Tensor:
+    """``D_safe = D_safe_local + (1 - beta) e`` with ``e = D - (1 - beta) D_safe_local - beta D_unsafe``.
+
+    ``e`` is what the local posterior does not explain of the model's estimate. `local_safe_denoise`
+    keeps all of it (``D + beta (D_safe - D_unsafe) = D_safe_local + e``); here the safe side keeps only
+    its share ``1 - beta``. Both equal ``D_safe_local`` where the decomposition holds (``e = 0``). Under
+    strong guidance ``e`` is the guidance's extrapolation towards the requested concept, so a trajectory
+    judged unsafe must not keep it: benchmarks/cli_every_class.py measures both with the latch.
+    """
+    b = beta.reshape(-1, *([1] * (d.ndim - 1))).to(d.dtype)
+    unexplained = d - (1 - b) * d_safe - b * d_unsafe
+    return d_safe + (1 - b) * unexplained
+
+
 def latched_beta(beta: Tensor, earlier: Tensor) -> Tensor:
     """``beta_t = max(beta_t, beta_t')`` over the trajectory's earlier (noisier) steps ``t' > t``.
 
     Under strong guidance the estimate ``D`` leaves the data at low noise: a prompt for the negated
     class yields a sharper, farther version of it than any real image, the local kernel can no longer
     tell the two sides apart, and beta sinks back to the prior just when guidance redraws the negated
-    concept. Holding the highest beta seen keeps the correction on for such a trajectory. The price:
+    concept. Holding the highest beta seen keeps the correction on for such a trajectory (with
+    `held_safe_denoise`, which drops the guidance's extrapolation). The price:
     benign samples whose trajectory passed near the negated concept stay corrected too (measured in
     benchmarks/model_estimators.py and benchmarks/cli_every_class.py), so it is an option.
     """
@@ -105,8 +121,8 @@ class SafeDenoiser:
             none: its correction ``beta (D_safe - D_unsafe)`` is bounded.
         min_weight: below this ``w`` the model's output passes through untouched (bit for bit).
         latch: with the local estimator, keep each sample's beta at its maximum so far along the
-            trajectory (`latched_beta`): for concepts that strong guidance redraws late; it costs
-            benign samples near the negated concept. Off by default.
+            trajectory (`latched_beta`) and correct with `held_safe_denoise`: for concepts that strong
+            guidance redraws late; it costs benign samples near the negated concept. Off by default.
         smoothing: kernel width ``h`` of the unsafe posterior; ``None`` takes the set's calibrated one.
         params: the paper rule's ``h``, ``s``, ``window``, ``tau`` (override a preset's values).
     """
@@ -179,8 +195,9 @@ class SafeDenoiser:
             if self.latch:
                 beta = self._latch(beta, float(s[0] / a[0]))
             acted = safe_weight(beta, self.max_weight) > self.min_weight
+            form = held_safe_denoise if self.latch else local_safe_denoise
             x0 = torch.where(acted.reshape(-1, *([1] * (d.ndim - 1))),
-                             local_safe_denoise(d, d_unsafe.reshape(d.shape), d_safe.reshape(d.shape), beta), d)
+                             form(d, d_unsafe.reshape(d.shape), d_safe.reshape(d.shape), beta), d)
             renoise = False
         else:
             x0, beta, acted = self._identity(x, a, s, d)
