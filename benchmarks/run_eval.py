@@ -189,7 +189,8 @@ def render() -> None:
              "reference=500 VAE-encoded training images)`, which selects the local x0-space posterior, "
              "`LocalPosterior`); `safe-ref-model` (the same with reference = the model's own "
              "vanilla samples of the same requests on other seeds; its UNet evals include generating them); "
-             "`safe-ref-latch` (`safe-ref` with `latch=True`: each sample keeps its highest beta so far, corrected by `held_safe_denoise`); "
+             "`safe-ref-latch` (`safe-ref` with `latch=True`: each sample keeps its highest beta so far, corrected "
+             "by `held_safe_denoise`); "
              "`rejection` (up to 10 draws). Recognisable: the classifier gives some class p >= 0.8 (a ruined image "
              "is not a safe one). With 150-200 images per run a share of 2% is 3-4 images: differences of a "
              "few points are within sampling noise.\n"]

@@ -112,7 +112,8 @@ def test_latch_holds_the_highest_beta_of_the_trajectory_and_resets_with_a_new_on
     held, fresh = latched.correct(safe_d, 0.9, 0.3, safe_d), plain.correct(safe_d, 0.9, 0.3, safe_d)
     assert (held.beta > 0.99).all() and (fresh.beta < 0.01).all()
     _, d_unsafe, d_safe = latched.beta(safe_d)
-    torch.testing.assert_close(held.x0, held_safe_denoise(safe_d, d_unsafe, d_safe, held.beta))  # the correction stays on
+    # the correction stays on, in the held form
+    torch.testing.assert_close(held.x0, held_safe_denoise(safe_d, d_unsafe, d_safe, held.beta))
     assert torch.equal(fresh.x0, safe_d)
     # a new trajectory (the noise level rises again) or a new batch starts from its own beta
     assert (latched.correct(safe_d, 0.5, 0.8, safe_d).beta < 0.01).all()

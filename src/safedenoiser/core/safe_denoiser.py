@@ -58,7 +58,7 @@ def held_safe_denoise(d: Tensor, d_unsafe: Tensor, d_safe: Tensor, beta: Tensor)
     keeps all of it (``D + beta (D_safe - D_unsafe) = D_safe_local + e``); here the safe side keeps only
     its share ``1 - beta``. Both equal ``D_safe_local`` where the decomposition holds (``e = 0``). Under
     strong guidance ``e`` is the guidance's extrapolation towards the requested concept, so a trajectory
-    judged unsafe must not keep it: benchmarks/cli_every_class.py measures both with the latch.
+    judged unsafe must not keep it (the latch corrects with this form; benchmarks/cli_every_class.py).
     """
     b = beta.reshape(-1, *([1] * (d.ndim - 1))).to(d.dtype)
     unexplained = d - (1 - b) * d_safe - b * d_unsafe
