@@ -52,7 +52,10 @@ class LocalPosterior:
 
     Reference samples count as negated when the negation set's (size-normalised) kernel density at
     them is at least ``label_ratio`` times the reference set's own (leave-one-out); the rest are the
-    safe samples, and the negated share is the prior ``b``.
+    safe samples, and the negated share is the prior ``b``. The default 1 also counts the negated
+    concept's periphery, which guided sampling needs; without guidance a larger ratio keeps the other
+    classes' proportions better (benchmarks/model_estimators.py ``--label-ratios``: 3 meets the
+    unconditional target for 7 of 10 classes, 1 for 5, but lets more text prompts through).
     """
 
     def __init__(self, negation: NegationSet, reference: Tensor, *, neighbours: int = DEFAULT_NEIGHBOURS,
