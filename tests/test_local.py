@@ -32,6 +32,14 @@ def test_reference_is_split_into_negated_and_safe_samples(sets):
     assert len(local.safe) == pytest.approx(210, abs=9) and float(local.safe.mean()) < -2.5
 
 
+def test_a_larger_label_ratio_counts_fewer_reference_samples_as_negated(sets):
+    negation, reference = sets
+    t = torch.linspace(0, 1, 60, dtype=torch.float64)[:, None]
+    between = t * reference[:60] + (1 - t) * reference[-60:]  # from the safe cluster to the unsafe one
+    priors = [LocalPosterior(negation, torch.cat([reference, between]), label_ratio=r).prior for r in (0.3, 1.0, 3.0)]
+    assert priors[0] > priors[1] > priors[2] > 0.15
+
+
 def test_beta_and_local_means_pick_the_right_side(sets):
     negation, reference = sets
     local = LocalPosterior(negation, reference)
