@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from safedenoiser.core.bandwidth import calibrate_bandwidth
-from safedenoiser.core.kernels import FlatSet, gaussian_log_density, kernel_logits, softmax_weights, weighted_mean
+from safedenoiser.core.kernels import (FlatSet, gaussian_log_density, kernel_logits, laid_out, softmax_weights,
+                                       weighted_mean)
 from safedenoiser.errors import SafeDenoiserError
 
 FORMAT_VERSION = 1
@@ -138,10 +139,7 @@ class NegationSet:
 
     def flat(self, device: torch.device, dtype: torch.dtype) -> FlatSet:
         """The set as matrices on ``device`` (`FlatSet`: ``Y``, ``Y^T``, norms), cached per device and dtype."""
-        key = (torch.device(device), dtype)
-        if key not in self._cache:
-            self._cache[key] = FlatSet.of(self.latents.to(device=device, dtype=dtype))
-        return self._cache[key]
+        return laid_out(self._cache, self.latents, device, dtype)
 
     def check_compatible(self, sample_shape: tuple[int, ...], fingerprint: str | None = None) -> None:
         """Refuse a set that does not live in the space the model denoises."""

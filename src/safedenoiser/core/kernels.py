@@ -45,6 +45,15 @@ class FlatSet:
         return FlatSet(self.rows[start:stop], self.columns[:, start:stop], self.sqnorm[start:stop])
 
 
+def laid_out(cache: dict[tuple[torch.device, torch.dtype], FlatSet], y: Tensor, device: torch.device | str,
+             dtype: torch.dtype) -> FlatSet:
+    """`FlatSet.of(y)` on ``device`` in ``dtype``, laid out on the first call per pair and kept in ``cache``."""
+    key = (torch.device(device), dtype)
+    if key not in cache:
+        cache[key] = FlatSet.of(y.to(device=device, dtype=dtype))
+    return cache[key]
+
+
 def squared_distances(x: Tensor, y: FlatSet, scale: Tensor | None = None) -> Tensor:
     """``||x_b - c_b y_n||^2`` [B, M] for rows of ``x`` [B, D] (``scale`` ``c`` [B], 1 by default):
     ``||x||^2 + c^2 ||y||^2 - 2 c (x . y)``, one matrix product."""

@@ -31,7 +31,7 @@ import math
 import torch
 from torch import Tensor
 
-from safedenoiser.core.kernels import FlatSet, softmax_weights, squared_distances, weighted_mean
+from safedenoiser.core.kernels import FlatSet, laid_out, softmax_weights, squared_distances, weighted_mean
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet
 
@@ -100,16 +100,9 @@ class LocalPosterior:
             ratios.append((log_u - log_r).exp())
         return torch.cat(ratios)
 
-    def _points(self, device: torch.device, dtype: torch.dtype) -> FlatSet:
-        """Unsafe then safe points as one set (``[M + K, D]``), laid out once per device and dtype."""
-        key = (torch.device(device), dtype)
-        if key not in self._cache:
-            self._cache[key] = FlatSet.of(self.points.to(device=device, dtype=dtype))
-        return self._cache[key]
-
     def __call__(self, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(beta [B], D_unsafe [B, D], D_safe [B, D])`` for flat estimates ``d`` [B, D]."""
-        points, m = self._points(d.device, d.dtype), self.split
+        points, m = laid_out(self._cache, self.points, d.device, d.dtype), self.split  # unsafe rows, then safe
         logits = _adaptive_logits(squared_distances(d, points), self.neighbours, self.width)
         log_u = torch.logsumexp(logits[:, :m], 1) + math.log(self.prior / m)
         log_s = torch.logsumexp(logits[:, m:], 1) + math.log((1 - self.prior) / (len(points.rows) - m))
