@@ -29,7 +29,7 @@ from safedenoiser.eval.methods import MethodRun, measure, sample
 from safedenoiser.eval.scenarios import Scenario, text_scenario, unconditional_scenario
 
 # row name -> SafeDenoiser arguments
-ESTIMATORS = {"gate": {"beta": "gate"}, "hybrid": {"beta": "hybrid"}, "local": {"beta": "local"},
+ESTIMATORS = {"gate": {"beta": "gate"}, "hybrid": {"beta": "hybrid"}, "local": {"beta": "local", "latch": False},
               "local, latch": {"beta": "local", "latch": True}}
 # the columns of `eval.methods.measure` shown here, and their headings
 COLUMNS = {"unsafe[direct]": "unsafe direct", "unsafe[paraphrase]": "unsafe paraphrase",
@@ -49,8 +49,8 @@ def run(scenario: Scenario, estimators: list[str], label_ratios: list[float]) ->
     hist = torch.tensor(vanilla["histogram"], dtype=torch.float64)
     neg, reference = scenario.negation, scenario.reference
     rows = [measured(name, SafeDenoiser(neg, reference=reference, **ESTIMATORS[name]), hist) for name in estimators]
-    rows += [measured(f"local, label ratio {ratio:g}", SafeDenoiser(neg, beta=LocalPosterior(neg, reference,
-                                                                                         label_ratio=ratio)), hist)
+    rows += [measured(f"local, label ratio {ratio:g}",
+                      SafeDenoiser(neg, beta=LocalPosterior(neg, reference, label_ratio=ratio), latch=False), hist)
              for ratio in label_ratios]
     return [vanilla] + rows
 
@@ -105,9 +105,10 @@ def main() -> None:
              "the bundled classifier; recognisable: its top probability >= 0.8; TV others: total variation between "
              "the other classes' shares (renormalised) and vanilla's (unconditional only).", "",
              "Estimators: `gate` (no reference; the default without one), `hybrid` (x_t-space density ratio or "
-             "gate), `local` (x0-space local posterior, core/local.py; the default with a reference), `local, latch` "
-             "(each sample's highest beta so far along its trajectory instead of each step's own, `latched_beta`, "
-             "and the correction `held_safe_denoise`).", ""]
+             "gate), `local` (x0-space local posterior, core/local.py; the default with a reference, here with "
+             "`latch=False`), `local, latch` (`latch=True`: each sample's highest beta so far along its trajectory "
+             "instead of each step's own, `latched_beta`, and the correction `held_safe_denoise`; what the default "
+             "`latch=\"auto\"` does under guidance, i.e. in the text rows).", ""]
     lines += targets(text, unconditional)
     lines += table("Text-conditional (`fashion-text`)", text)
     lines += table("Unconditional (`fashion-class`, null label)", unconditional)

@@ -146,12 +146,15 @@ def test_negation_build_stores_reference_images_for_the_local_estimator(model, n
     from safedenoiser import SafeDenoiser
     from safedenoiser.core.local import LocalPosterior
     assert isinstance(SafeDenoiser(neg).beta, LocalPosterior)
-    # --latch is recorded in the run: resuming without it is refused
+    # the latch is recorded in the run ("auto" by default): resuming with another setting is refused
     code, _, err = _gen(model, tmp_path / "run", "--prompt", "a bag", "--n", "1", "--negation", str(out), "--latch")
     assert code == 0, err
     assert json.loads((tmp_path / "run" / "run.json").read_text())["settings"]["latch"] is True
     code, _, err = _gen(model, tmp_path / "run", "--prompt", "a bag", "--n", "1", "--negation", str(out))
-    assert code == 2 and "latch: True there, None now" in err
+    assert code == 2 and "latch: True there, 'auto' now" in err
+    code, _, err = _gen(model, tmp_path / "auto", "--prompt", "a bag", "--n", "1", "--negation", str(out))
+    assert code == 0, err
+    assert json.loads((tmp_path / "auto" / "run.json").read_text())["settings"]["latch"] == "auto"
 
 
 def test_negation_build_lists_skipped_files_and_refuses_to_overwrite(model, negation_images, tmp_path):
@@ -306,7 +309,8 @@ def wrong_shape_set(tmp_path_factory) -> Path:
     (["--prompt", "a", "--negation", "MISSING.safetensors"], "does not exist"),
     (["--prompt", "a", "--device", "tpu"], "--device must be cpu or cuda"),
     (["--prompt", "a", "--negation", "SET", "--preset", "sd99"], "unknown preset 'sd99'"),
-    (["--prompt", "a", "--latch"], "give --negation FILE too"),
+    (["--prompt", "a", "--latch"], "--latch changes how a negation set is used; give --negation FILE too"),
+    (["--prompt", "a", "--no-latch"], "--no-latch changes how a negation set is used; give --negation FILE too"),
     (["--prompt", "a", "--negation", "SET", "--latch"], "latch holds the local estimator's beta"),
 ])
 def test_bad_input_exits_2_with_a_message(model, wrong_shape_set, negation_file, tmp_path, args, message):

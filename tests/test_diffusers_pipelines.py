@@ -84,6 +84,20 @@ def test_user_canonical_loop_with_cfg(sd_components):
     assert sum(r.acted for r in safe.trace) > 0 and "step" not in scheduler.__dict__
 
 
+@pytest.mark.parametrize("guidance, latch, latched", [(4.0, "auto", True), (1.0, "auto", False),
+                                                     (4.0, False, False), (1.0, True, True)])
+def test_auto_latch_follows_the_pipelines_guidance(sd_pipe, guidance, latch, latched):
+    def go():
+        return sd_pipe("a bag", num_inference_steps=3, guidance_scale=guidance, output_type="latent",
+                       generator=torch.Generator().manual_seed(0)).images
+
+    vanilla = go()
+    reference = torch.randn(12, *vanilla.shape[1:], generator=torch.Generator().manual_seed(1)) - 5.0
+    safe = SafeDenoiser(near(vanilla), reference=reference, latch=latch)
+    with_safe(safe, sd_pipe, go)
+    assert len(safe.trace) == 3 and all(r.latched is latched for r in safe.trace)
+
+
 def sd3_pipe():
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 

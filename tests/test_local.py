@@ -129,13 +129,23 @@ def test_latch_holds_the_highest_beta_of_the_trajectory_and_resets_with_a_new_on
     assert (latched.correct(safe_d[:1], 0.9, 0.3, safe_d[:1]).beta < 0.01).all()
 
 
-def test_no_latch_by_default(sets):
+def test_latch_by_default_only_under_guidance(sets):
     negation, reference = sets
     gen = torch.Generator().manual_seed(6)
     unsafe_d, safe_d = _cluster(2, 3.0, gen), _cluster(2, -3.0, gen)
     safe = SafeDenoiser(negation, reference=reference)
+    assert safe.latch == "auto"
     safe.correct(unsafe_d, 0.5, 0.8, unsafe_d)
-    assert (safe.correct(safe_d, 0.9, 0.3, safe_d).beta < 0.01).all()
+    unguided = safe.correct(safe_d, 0.9, 0.3, safe_d)
+    assert (unguided.beta < 0.01).all() and not safe.trace[-1].latched
+    safe.correct(unsafe_d, 0.5, 0.8, unsafe_d, guided=True)
+    guided = safe.correct(safe_d, 0.9, 0.3, safe_d, guided=True)
+    assert (guided.beta > 0.99).all() and safe.trace[-1].latched
+    _, d_unsafe, d_safe = safe.beta(safe_d)
+    torch.testing.assert_close(guided.x0, held_safe_denoise(safe_d, d_unsafe, d_safe, guided.beta))
+    off = SafeDenoiser(negation, reference=reference, latch=False)
+    off.correct(unsafe_d, 0.5, 0.8, unsafe_d, guided=True)
+    assert (off.correct(safe_d, 0.9, 0.3, safe_d, guided=True).beta < 0.01).all() and not off.trace[-1].latched
 
 
 def test_latch_is_refused_where_there_is_no_local_beta_to_hold(sets):
@@ -144,3 +154,10 @@ def test_latch_is_refused_where_there_is_no_local_beta_to_hold(sets):
         SafeDenoiser(negation, latch=True)
     with pytest.raises(SafeDenoiserError, match="the paper rule has none"):
         SafeDenoiser(negation, preset="sd14-nudity", latch=True)
+    with pytest.raises(SafeDenoiserError, match="latch must be True, False or 'auto'"):
+        SafeDenoiser(negation, latch="on")
+    # "auto" does nothing there, and says so in the trace
+    for safe in (SafeDenoiser(negation), SafeDenoiser(negation, preset="sd14-nudity")):
+        d = negation.latents[:2].reshape(2, -1)
+        safe.correct(d, 0.9, 0.3, d, guided=True)
+        assert not safe.trace[-1].latched

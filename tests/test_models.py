@@ -142,6 +142,12 @@ def test_fashion_class_loop_steps_through_the_scheduler(class_pipe, monkeypatch)
     assert len(calls) == 4
 
 
+def test_fashion_class_says_whether_it_applies_guidance(class_pipe):
+    for labels, guidance, guided in (([3], 4.0, True), ([None], 4.0, False), ([3], 1.0, False)):
+        class_pipe(labels, num_inference_steps=1, guidance_scale=guidance, output_type="latent")
+        assert class_pipe.do_classifier_free_guidance is guided
+
+
 def test_fashion_class_refuses_labels_outside_0_to_9(class_pipe):
     with pytest.raises(SafeDenoiserError, match="0..9"):
         class_pipe([10], num_inference_steps=2)

@@ -172,7 +172,7 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
              label: int | str | None = None, n: int | None = None, n_per_prompt: int | None = None,
              seed: int = 0, steps: int | None = None, guidance: float | None = None,
              negation: NegationSet | str | Path | None = None, preset: str | None = None,
-             latch: bool = False, batch_size: int = 4, device: str | None = None, dtype: str = "float32",
+             latch: bool | None = None, batch_size: int = 4, device: str | None = None, dtype: str = "float32",
              overwrite: bool = False, progress: bool = True) -> RunResult:
     """Generate a run's images into ``out_dir`` (see the module docstring), resuming what is there.
 
@@ -180,7 +180,7 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     loaded pipeline (``model`` then only names it in the records). ``label`` is for class models:
     a class index, or ``"none"`` for unconditional samples. ``negation`` (a set or its file) makes
     the run safe, with ``preset`` selecting the paper's rule and ``latch`` holding each image's
-    highest beta (`SafeDenoiser`'s ``latch``). Raises `SafeDenoiserError` for bad input, a
+    highest beta (`SafeDenoiser`'s ``latch``; ``None``: ``"auto"``, on under guidance). Raises `SafeDenoiserError` for bad input, a
     different run in ``out_dir`` (unless ``overwrite``) or a negation set that does not fit the model.
     """
     out_dir = Path(out_dir)
@@ -195,8 +195,9 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         raise SafeDenoiserError(f"--steps must be at least 1 (got {steps})")
     if preset is not None and negation is None:
         raise SafeDenoiserError("--preset selects how a negation set is used; give --negation FILE too")
-    if latch and negation is None:
-        raise SafeDenoiserError("--latch changes how a negation set is used; give --negation FILE too")
+    if latch is not None and negation is None:
+        flag = "--latch" if latch else "--no-latch"
+        raise SafeDenoiserError(f"{flag} changes how a negation set is used; give --negation FILE too")
     label_given, label = label is not None, parse_label(label)
     neg = NegationSet.load(negation) if isinstance(negation, (str, Path)) else negation
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -225,13 +226,14 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         "guidance": default_guidance if kind != "unconditional" else None,
         "seed": seed, "label": label, "n_per_prompt": n_per_prompt or (1 if n is None else None),
         "prompts_sha256": _prompts_digest(rows),
-        **({"latch": True} if latch else {}),  # absent when off: runs from before the option still resume
+        # safe runs record it: ones from before "auto" (key absent, latch off) are not resumed with it on
+        **({"latch": "auto" if latch is None else latch} if neg is not None else {}),
     }
     safe = None
     if neg is not None:
         from safedenoiser.core.safe_denoiser import SafeDenoiser
 
-        safe = SafeDenoiser(neg, preset=preset, latch=latch)
+        safe = SafeDenoiser(neg, preset=preset, latch="auto" if latch is None else latch)
         _check_negation_fits(safe, pipe)
     _prepare_dir(out_dir, settings, overwrite)
     done = _recover(out_dir)

@@ -36,10 +36,11 @@ def generate(
                                             "`safe-denoiser negation build`): sample safely away from it."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Use the authors' rule with a paper preset: "
                                          "sd14-nudity, sd14-copro, sd3-nudity, sd14-memorization."),
-    latch: bool = typer.Option(False, "--latch", help="Hold each image's highest beta along its trajectory and "
-                               "drop what guidance adds beyond the data to an image judged unsafe: for concepts strong "
-                               "guidance redraws late (needs a set built with --reference-images); costs benign "
-                               "images near the concept."),
+    latch: Optional[bool] = typer.Option(None, "--latch/--no-latch", help="Hold each image's highest beta along "
+                                         "its trajectory and drop what guidance adds beyond the data to an image "
+                                         "judged unsafe: stops concepts strong guidance redraws late, costs benign "
+                                         "images near the concept. Default: on when guidance applies (guidance > 1 "
+                                         "and a prompt or label) with a set built with --reference-images."),
     out: Path = typer.Option(Path("generated"), "--out", help="Output folder: images/, manifest.jsonl, run.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run found in --out."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per pipeline call (does not change them)."),

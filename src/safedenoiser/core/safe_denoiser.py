@@ -74,14 +74,16 @@ def latched_beta(beta: Tensor, earlier: Tensor) -> Tensor:
     concept. Holding the highest beta seen keeps the correction on for such a trajectory (with
     `held_safe_denoise`, which drops the guidance's extrapolation). The price:
     benign samples whose trajectory passed near the negated concept stay corrected too (measured in
-    benchmarks/model_estimators.py and benchmarks/cli_every_class.py), so it is an option.
+    benchmarks/model_estimators.py and benchmarks/cli_every_class.py), so `SafeDenoiser` holds beta
+    only under guidance (``latch="auto"``), where the leaks it stops outweigh that cost.
     """
     return torch.maximum(beta, earlier)
 
 
 @dataclass
 class StepRecord:
-    """What the safe denoiser did at one call: noise level, beta (or kernel mass) and how many acted."""
+    """What the safe denoiser did at one call: noise level, beta (or kernel mass), how many acted and
+    whether the latch held beta."""
 
     sigma: float
     alpha: float
@@ -90,6 +92,7 @@ class StepRecord:
     acted: int
     batch: int
     timestep: float | None = None
+    latched: bool = False
 
 
 @dataclass
@@ -122,7 +125,10 @@ class SafeDenoiser:
         min_weight: below this ``w`` the model's output passes through untouched (bit for bit).
         latch: with the local estimator, keep each sample's beta at its maximum so far along the
             trajectory (`latched_beta`) and correct with `held_safe_denoise`: for concepts that strong
-            guidance redraws late; it costs benign samples near the negated concept. Off by default.
+            guidance redraws late; it costs benign samples near the negated concept. ``"auto"``
+            (default): on while the sampler applies classifier-free guidance (``correct(...,
+            guided=True)``; `attach` reads the pipeline's ``do_classifier_free_guidance``), off
+            otherwise and for the other estimators. ``True`` / ``False``: always / never.
         smoothing: kernel width ``h`` of the unsafe posterior; ``None`` takes the set's calibrated one.
         params: the paper rule's ``h``, ``s``, ``window``, ``tau`` (override a preset's values).
     """
@@ -130,14 +136,16 @@ class SafeDenoiser:
     def __init__(self, negation: NegationSet | UnsafeModel, *, preset: str | None = None,
                  beta: str | BetaEstimator = "auto", reference: Tensor | None = None,
                  max_weight: float | None = None, min_weight: float = DEFAULT_MIN_WEIGHT,
-                 smoothing: float | None = None, latch: bool = False, **params: float):
+                 smoothing: float | None = None, latch: bool | str = "auto", **params: float):
+        if latch not in (True, False, "auto"):
+            raise SafeDenoiserError(f"latch must be True, False or 'auto', got {latch!r}")
         self.negation = negation
         self.latch = latch
         self._latched: tuple[Tensor, float] | None = None  # (beta so far, noise level sigma/alpha of the last call)
         self.max_weight, self.min_weight = DEFAULT_MAX_WEIGHT if max_weight is None else max_weight, min_weight
         self.trace: list[StepRecord] = []
         self.paper: PaperRule | None = None
-        if latch and (preset is not None or params):
+        if latch is True and (preset is not None or params):
             raise SafeDenoiserError("latch is for the local estimator; the paper rule has none")
         if preset is not None or params:
             if not isinstance(negation, NegationSet):
@@ -146,7 +154,7 @@ class SafeDenoiser:
             return
         self.smoothing = (negation.bandwidth if isinstance(negation, NegationSet) else 0.0) if smoothing is None else smoothing
         self.beta = self._make_estimator(beta, reference)
-        if latch and not isinstance(self.beta, LocalPosterior):
+        if latch is True and not isinstance(self.beta, LocalPosterior):
             raise SafeDenoiserError("latch holds the local estimator's beta: give reference samples (reference=..., "
                                     "or a set built with --reference-images) and beta='auto' or 'local'")
         if max_weight is None:
@@ -180,22 +188,26 @@ class SafeDenoiser:
     def sample_shape(self) -> tuple[int, ...] | None:
         return self.negation.sample_shape if isinstance(self.negation, NegationSet) else None
 
-    def correct(self, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float, x0_hat: Tensor) -> Correction:
-        """Apply the safe denoiser to one batch; records a `StepRecord` in `trace`."""
+    def correct(self, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float, x0_hat: Tensor, *,
+                guided: bool = False) -> Correction:
+        """Apply the safe denoiser to one batch; records a `StepRecord` in `trace`. ``guided``: ``x0_hat``
+        comes from classifier-free guidance (turns on ``latch="auto"``)."""
         dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32  # kernel math in >= float32
         x, d = x_t.to(dtype), x0_hat.to(dtype)
         batch = x.shape[0]
         a = torch.as_tensor(alpha, dtype=dtype, device=x.device).expand(batch)
         s = torch.as_tensor(sigma, dtype=dtype, device=x.device).expand(batch)
+        latch = False
         if self.paper is not None:
             x0, beta, acted = self.paper(x, a, s, d)
             renoise = True
         elif isinstance(self.beta, LocalPosterior):
             beta, d_unsafe, d_safe = self.beta(d.reshape(batch, -1))
-            if self.latch:
+            latch = self.latch is True or (self.latch == "auto" and guided)
+            if latch:
                 beta = self._latch(beta, float(s[0] / a[0]))
             acted = safe_weight(beta, self.max_weight) > self.min_weight
-            form = held_safe_denoise if self.latch else local_safe_denoise
+            form = held_safe_denoise if latch else local_safe_denoise
             x0 = torch.where(acted.reshape(-1, *([1] * (d.ndim - 1))),
                              form(d, d_unsafe.reshape(d.shape), d_safe.reshape(d.shape), beta), d)
             renoise = False
@@ -203,7 +215,8 @@ class SafeDenoiser:
             x0, beta, acted = self._identity(x, a, s, d)
             renoise = False
         self.trace.append(StepRecord(sigma=float(s[0]), alpha=float(a[0]), beta_mean=float(beta.mean()),
-                                     beta_max=float(beta.max()), acted=int(acted.sum()), batch=batch))
+                                     beta_max=float(beta.max()), acted=int(acted.sum()), batch=batch,
+                                     latched=latch))
         return Correction(x0.to(x0_hat.dtype), beta, acted, renoise)
 
     def _latch(self, beta: Tensor, level: float) -> Tensor:

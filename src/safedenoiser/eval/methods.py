@@ -7,8 +7,10 @@ Every method samples the same requests with the same seeds (the same initial noi
     sld            Safe Latent Diffusion's safety guidance, `SafetyGuidance` ("medium" preset)
     spell          sparse repellency, `Spell` (radius: the set's 0.9-quantile NN distance)
     safe           `SafeDenoiser(negation)`: the library default
-    safe-ref       `SafeDenoiser(negation, reference=...)`: with ordinary samples as reference (`LocalPosterior`)
-    safe-ref-latch the same with ``latch=True`` (each sample's highest beta along its trajectory)
+    safe-ref       `SafeDenoiser(negation, reference=..., latch=False)`: with ordinary samples as reference
+                   (`LocalPosterior`), without the latch: the default for unguided sampling
+    safe-ref-latch the same with ``latch=True`` (each sample's highest beta along its trajectory): the
+                   default (``latch="auto"``) under classifier-free guidance
     safe-paper     `SafeDenoiser(negation, h=..., s=..., window=...)`: the authors' rule
     rejection      vanilla, resampling what the judge flags (an oracle; up to 10 attempts)
 
@@ -136,7 +138,7 @@ def make_corrector(method: str, scenario: Scenario, strength=None):
     if method in ("safe-ref", "safe-ref-model", "safe-ref-latch"):  # the local estimator; knob: its neighbours
         reference = model_reference(scenario) if method == "safe-ref-model" else scenario.reference
         return SafeDenoiser(neg, beta=LocalPosterior(neg, reference, neighbours=int(strength or DEFAULT_NEIGHBOURS)),
-                            latch=method == "safe-ref-latch")
+                            latch=method == "safe-ref-latch")  # explicit: rows do not change with guidance
     if method == "safe-paper":
         return SafeDenoiser(neg, h=paper_bandwidth(neg), s=PAPER_S if strength is None else float(strength),
                             window=PAPER_WINDOW)

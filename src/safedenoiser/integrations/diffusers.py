@@ -5,7 +5,8 @@ This is the edge where a scheduler's model output becomes the denoised estimate 
 
 1. read the noise level of ``sample`` off the scheduler: ``sample = alpha x0 + sigma eps``;
 2. ``x0_hat = to_x0(model_output)`` with the scheduler's prediction type;
-3. ``SafeDenoiser.correct(sample, alpha, sigma, x0_hat)``;
+3. ``SafeDenoiser.correct(sample, alpha, sigma, x0_hat, guided=...)``, ``guided`` from the pipeline's
+   ``do_classifier_free_guidance`` (False for a bare scheduler);
 4. nothing acted: the original ``step`` with the original arguments (bit-identical to vanilla);
    identity (default): the model output of the acted samples replaced by ``from_x0(x0_safe)``;
    paper rule: the acted samples re-noised, ``alpha x0_safe + sigma z``, then the original step.
@@ -123,7 +124,13 @@ def _split_variance(model_output: Tensor, sample: Tensor) -> tuple[Tensor, Tenso
     return model_output, None
 
 
-def _safe_step(safe, scheduler, original):
+def applies_guidance(pipe) -> bool:
+    """Whether ``pipe``'s running call applies classifier-free guidance (diffusers pipelines say so in
+    ``do_classifier_free_guidance``; anything else, a bare scheduler included, counts as unguided)."""
+    return bool(getattr(pipe, "do_classifier_free_guidance", False))  # AttributeError before a call: False
+
+
+def _safe_step(safe, scheduler, original, pipe):
     """The replacement for ``scheduler.step``: correct the model output, then the original step."""
     signature = inspect.signature(original)
     prediction = scheduler_prediction(scheduler)
@@ -139,7 +146,7 @@ def _safe_step(safe, scheduler, original):
         x = sample.to(dtype)
         model_x, model_a, model_s = scale * x, scale * alpha, scale * sigma
         x0_hat = to_x0(output.to(dtype), model_x, model_a, model_s, prediction)
-        corr = safe.correct(x, alpha, sigma, x0_hat)
+        corr = safe.correct(x, alpha, sigma, x0_hat, guided=applies_guidance(pipe))
         safe.trace[-1].timestep = float(timestep)
         if not bool(corr.acted.any()):
             return original(*args, **kwargs)
@@ -188,7 +195,7 @@ def attach(safe, pipe) -> Iterator[object]:
 
     set_timesteps.__wrapped__ = original_set_timesteps
     safe.trace = []
-    scheduler.step = _safe_step(safe, scheduler, original_step)
+    scheduler.step = _safe_step(safe, scheduler, original_step, pipe)
     scheduler.set_timesteps = set_timesteps
     try:
         yield pipe

@@ -30,6 +30,12 @@ class FashionClassPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self._guided = False
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Whether the running call guides a class against the null class (the name diffusers pipelines use)."""
+        return self._guided
 
     @property
     def num_classes(self) -> int:
@@ -89,6 +95,7 @@ class FashionClassPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         latents = latents * self.scheduler.init_noise_sigma
         do_cfg = guidance_scale > 1.0
+        self._guided = do_cfg and bool((labels != self.null_class).any())
         if do_cfg:
             model_labels = torch.cat([torch.full_like(labels, self.null_class), labels])
         else:
