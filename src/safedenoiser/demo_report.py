@@ -31,7 +31,7 @@ def draw_grid(out_dir: Path, records: list[dict], prompts, negated_class: int, p
                     bad = r["predicted"] == negated_class
                     ax.set_title(CLASS_NAMES[r["predicted"]], fontsize=6, color="red" if bad else "black")
                 if row == 0 and k == 0:
-                    ax.text(0, -0.55, method, transform=ax.transAxes, fontsize=10, weight="bold")
+                    ax.text(0, 1.3, method, transform=ax.transAxes, fontsize=10, weight="bold", va="bottom")
         axes[row, 0].set_ylabel(f"{prompt.text[:38]}\n({prompt.group})", rotation=0, ha="right", va="center",
                                 fontsize=7)
     fig.suptitle(f"Negated: {CLASS_NAMES[negated_class]} (real test images). Left: vanilla, right: safe denoiser. "
