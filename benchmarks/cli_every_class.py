@@ -2,8 +2,8 @@
 
 For each class k: `negation build` from 200 real test-split images of k (reference: 500 test-split
 images of all classes), then `generate` without `--negation`, with it (the default: the latch on, as
-the model's guidance applies) and with it and `--no-latch`, on held-out prompts asking for k directly, by paraphrase and indirectly, plus the held-out direct prompts
-of the other classes. The
+the model's guidance applies) and with it and `--no-latch`, on held-out prompts asking for k
+directly, by paraphrase and indirectly, plus the held-out direct prompts of the other classes. The
 bundled classifier judges the PNGs. Target: vanilla direct >= 60%, safe <= 5% in every group of k,
 other classes' on-class accuracy within 5 points of vanilla. Prints and writes the table to --out.
 
@@ -162,7 +162,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
              f"{MODEL}` from {N_CLASS_IMAGES} test-split PNGs of the class with {N_REFERENCE} test-split PNGs of all "
              f"classes (seed 0) as `--reference-images`, then `safe-denoiser generate` (the model's default steps "
              f"and guidance, seed 0) without `--negation`, with it (default flags: the latch is on under the "
-             f"model's guidance) and with it and `--no-latch`, {len(groups)} held-out prompts x {args.n_per_prompt} images: the class's direct, paraphrase and indirect prompts ({per_group['direct']} images per group) "
+             f"model's guidance) and with it and `--no-latch`, {len(groups)} held-out prompts x "
+             f"{args.n_per_prompt} images: the class's direct, paraphrase and indirect prompts "
+             f"({per_group['direct']} images per group) "
              f"and the other classes' direct ones ({per_group['other']} images). "
              f"Judged by the bundled classifier. Columns: share judged as the class; the other classes' on-class "
              f"accuracy. Target: vanilla direct >= 60%, safe <= 5% in all three groups, others within 5 points. "

@@ -180,8 +180,9 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     loaded pipeline (``model`` then only names it in the records). ``label`` is for class models:
     a class index, or ``"none"`` for unconditional samples. ``negation`` (a set or its file) makes
     the run safe, with ``preset`` selecting the paper's rule and ``latch`` holding each image's
-    highest beta (`SafeDenoiser`'s ``latch``; ``None``: ``"auto"``, on under guidance). Raises `SafeDenoiserError` for bad input, a
-    different run in ``out_dir`` (unless ``overwrite``) or a negation set that does not fit the model.
+    highest beta (`SafeDenoiser`'s ``latch``; ``None``: ``"auto"``, on under guidance). Raises
+    `SafeDenoiserError` for bad input, a different run in ``out_dir`` (unless ``overwrite``) or a
+    negation set that does not fit the model.
     """
     out_dir = Path(out_dir)
     rows = None if prompts is None else [p if isinstance(p, PromptRow) else PromptRow(p, i + 1)
