@@ -10,7 +10,7 @@ import torch
 
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.toy.metrics import negated_share, noise_floor, sliced_wasserstein, sw2_to_mixture
-from safedenoiser.toy.run import run_toy
+from safedenoiser.toy.run import make_denoiser, run_toy
 from safedenoiser.toy.sampling import sample
 from safedenoiser.toy.spec import parse_spec
 
@@ -149,3 +149,14 @@ def test_kernel_method_reaches_the_targets_with_the_default_estimator(data):
     assert sw2 <= 2.5
     vanilla_share, _ = _targets(spec, "vanilla", seeds=(0,))
     assert vanilla_share >= 0.3  # there was something to remove
+
+
+def test_the_ratio_estimator_can_be_given_the_true_prior():
+    spec = parse_spec(_spec_close())
+    assert spec.negated_weight == pytest.approx(0.4)
+    _, safe = make_denoiser(spec, "kernel", estimator="ratio", prior=spec.negated_weight)
+    assert safe.beta.prior == pytest.approx(0.4)
+    _, calibrated = make_denoiser(spec, "kernel", estimator="ratio")
+    assert calibrated.beta.prior != pytest.approx(0.4, abs=1e-3)  # estimated from the sets
+    with pytest.raises(SafeDenoiserError, match="the 'hybrid' estimator has none"):
+        make_denoiser(spec, "kernel", estimator="hybrid", prior=0.4)

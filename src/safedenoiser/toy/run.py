@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from safedenoiser.core.beta import ExactBeta
+from safedenoiser.core.beta import ExactBeta, KernelRatioBeta
 from safedenoiser.core.safe_denoiser import SafeDenoiser
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet
@@ -32,11 +32,13 @@ class ToyRun:
 
 def make_denoiser(spec: ToySpec, method: Method, *, estimator: str = DEFAULT_ESTIMATOR,
                   sampler: str = "dpm++", steps: int | None = None, seed: int = 0,
-                  max_weight: float | None = None) -> tuple[object, SafeDenoiser | None]:
+                  max_weight: float | None = None, prior: float | None = None) -> tuple[object, SafeDenoiser | None]:
     """The denoiser for ``method``: the mixture's own ``D``, the exact safe one, or the kernel one.
 
     ``kernel`` sees only what a user of a real model has: ``D`` (as a network) and the finite
     negation set; the ``ratio`` estimator also draws its reference set from ``D`` with the sampler.
+    ``prior`` replaces the ``ratio`` estimator's calibrated ``b`` (benchmarks pass the true one to
+    isolate the error of its estimate).
     """
     mixture = spec.mixture
     if method == "vanilla":
@@ -55,16 +57,20 @@ def make_denoiser(spec: ToySpec, method: Method, *, estimator: str = DEFAULT_EST
         gen = torch.Generator().manual_seed(seed + 7919)
         x = torch.randn(REFERENCE_SAMPLES, mixture.dim, dtype=torch.float64, generator=gen)
         reference = sample(sampler, mixture.denoise, x, steps, generator=gen)
+    if prior is not None:
+        if estimator != "ratio":
+            raise SafeDenoiserError(f"prior= sets the ratio estimator's b; the {estimator!r} estimator has none")
+        estimator = KernelRatioBeta(negation, reference, prior=prior)
     safe = SafeDenoiser(negation, beta=estimator, reference=reference, **kwargs)
     return safe.wrap(mixture.denoise), safe
 
 
 def run_toy(spec: ToySpec, method: Method, n: int, seed: int, *, estimator: str = DEFAULT_ESTIMATOR,
             sampler: str = "dpm++", steps: int | None = None, keep_trajectories: int = 16,
-            max_weight: float | None = None) -> ToyRun:
+            max_weight: float | None = None, prior: float | None = None) -> ToyRun:
     """Sample ``n`` points with ``method`` and one of `SAMPLERS` (its default number of steps)."""
     denoiser, safe = make_denoiser(spec, method, estimator=estimator, sampler=sampler, steps=steps, seed=seed,
-                                   max_weight=max_weight)
+                                   max_weight=max_weight, prior=prior)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, spec.mixture.dim, dtype=torch.float64, generator=gen)
     path: list[Tensor] = []

@@ -30,6 +30,11 @@ class ToySpec:
     def kept(self) -> list[int]:
         return [k for k in range(len(self.mixture)) if k not in self.negate]
 
+    @property
+    def negated_weight(self) -> float:
+        """The true prior ``b``: the mixture's mass on the negated components."""
+        return float(self.mixture.weights[self.negate].sum())
+
     def safe_mixture(self) -> GaussianMixture:
         """The exact target: the mixture restricted to the kept components."""
         return self.mixture.subset(self.kept)
