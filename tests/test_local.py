@@ -154,8 +154,9 @@ def test_latch_is_refused_where_there_is_no_local_beta_to_hold(sets):
         SafeDenoiser(negation, latch=True)
     with pytest.raises(SafeDenoiserError, match="the paper rule has none"):
         SafeDenoiser(negation, preset="sd14-nudity", latch=True)
-    with pytest.raises(SafeDenoiserError, match="latch must be True, False or 'auto'"):
-        SafeDenoiser(negation, latch="on")
+    for bad in ("on", 1):
+        with pytest.raises(SafeDenoiserError, match="latch must be True, False or 'auto'"):
+            SafeDenoiser(negation, latch=bad)
     # "auto" does nothing there, and says so in the trace
     for safe in (SafeDenoiser(negation), SafeDenoiser(negation, preset="sd14-nudity")):
         d = negation.latents[:2].reshape(2, -1)

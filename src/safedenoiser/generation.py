@@ -199,6 +199,7 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     if latch is not None and negation is None:
         flag = "--latch" if latch else "--no-latch"
         raise SafeDenoiserError(f"{flag} changes how a negation set is used; give --negation FILE too")
+    latch = "auto" if latch is None else latch
     label_given, label = label is not None, parse_label(label)
     neg = NegationSet.load(negation) if isinstance(negation, (str, Path)) else negation
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -228,13 +229,13 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         "seed": seed, "label": label, "n_per_prompt": n_per_prompt or (1 if n is None else None),
         "prompts_sha256": _prompts_digest(rows),
         # safe runs record it: ones from before "auto" (key absent, latch off) are not resumed with it on
-        **({"latch": "auto" if latch is None else latch} if neg is not None else {}),
+        **({"latch": latch} if neg is not None else {}),
     }
     safe = None
     if neg is not None:
         from safedenoiser.core.safe_denoiser import SafeDenoiser
 
-        safe = SafeDenoiser(neg, preset=preset, latch="auto" if latch is None else latch)
+        safe = SafeDenoiser(neg, preset=preset, latch=latch)
         _check_negation_fits(safe, pipe)
     _prepare_dir(out_dir, settings, overwrite)
     done = _recover(out_dir)

@@ -19,6 +19,7 @@ from torch import Tensor
 from safedenoiser.core.beta import BetaEstimator, HybridBeta, KernelGateBeta, KernelRatioBeta
 from safedenoiser.core.local import LocalPosterior
 from safedenoiser.core.paper_rule import PaperRule
+from safedenoiser.core.parametrization import per_sample
 from safedenoiser.core.presets import resolve_preset
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet, UnsafePosterior
@@ -42,13 +43,12 @@ def safe_weight(beta: Tensor, max_weight: float) -> Tensor:
 
 def safe_denoise(d: Tensor, d_unsafe: Tensor, w: Tensor) -> Tensor:
     """The key identity: ``D_safe = D + w (D - D_unsafe)`` (``w`` per sample)."""
-    w = w.reshape(-1, *([1] * (d.ndim - 1))).to(d.dtype)
-    return d + w * (d - d_unsafe)
+    return d + per_sample(w, d) * (d - d_unsafe)
 
 
 def local_safe_denoise(d: Tensor, d_unsafe: Tensor, d_safe: Tensor, beta: Tensor) -> Tensor:
     """The identity's correction without the division: ``D_safe = D + beta (D_safe_local - D_unsafe)``."""
-    return d + beta.reshape(-1, *([1] * (d.ndim - 1))).to(d.dtype) * (d_safe - d_unsafe)
+    return d + per_sample(beta, d) * (d_safe - d_unsafe)
 
 
 def held_safe_denoise(d: Tensor, d_unsafe: Tensor, d_safe: Tensor, beta: Tensor) -> Tensor:
@@ -60,7 +60,7 @@ def held_safe_denoise(d: Tensor, d_unsafe: Tensor, d_safe: Tensor, beta: Tensor)
     strong guidance ``e`` is the guidance's extrapolation towards the requested concept, so a trajectory
     judged unsafe must not keep it (the latch corrects with this form; benchmarks/cli_every_class.py).
     """
-    b = beta.reshape(-1, *([1] * (d.ndim - 1))).to(d.dtype)
+    b = per_sample(beta, d)
     unexplained = d - (1 - b) * d_safe - b * d_unsafe
     return d_safe + (1 - b) * unexplained
 
@@ -137,7 +137,7 @@ class SafeDenoiser:
                  beta: str | BetaEstimator = "auto", reference: Tensor | None = None,
                  max_weight: float | None = None, min_weight: float = DEFAULT_MIN_WEIGHT,
                  smoothing: float | None = None, latch: bool | str = "auto", **params: float):
-        if latch not in (True, False, "auto"):
+        if not (isinstance(latch, bool) or latch == "auto"):  # 1 or "on" would pass `in (True, False)`
             raise SafeDenoiserError(f"latch must be True, False or 'auto', got {latch!r}")
         self.negation = negation
         self.latch = latch
