@@ -7,10 +7,12 @@ the negation set is real test-split images of the class, the reference 500 train
 classes. Prints and writes docs/results/model_estimators.md.
 
     python benchmarks/model_estimators.py [--text-n 120] [--unconditional-n 300] [--classes 0 1 ...]
-        [--estimators local ...] [--label-ratios 2 3 ...] [--out FILE]
+        [--estimators local ...] [--label-ratios 2 3 ...] [--mean-widths 0.3 ...] [--out FILE]
 
 ``--label-ratios`` adds rows of the local estimator with other thresholds for labelling reference
-samples as negated (`LocalPosterior`'s ``label_ratio``; 1 by default).
+samples as negated (`LocalPosterior`'s ``label_ratio``; 1 by default). ``--mean-widths`` adds rows
+of the local estimator, with and without the latch, whose posterior means use another kernel width
+(``mean_width``; `local.DEFAULT_MEAN_WIDTH` by default).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 
 from safedenoiser import SafeDenoiser
-from safedenoiser.core.local import LocalPosterior
+from safedenoiser.core.local import DEFAULT_MEAN_WIDTH, LocalPosterior
 from safedenoiser.eval.methods import MethodRun, measure, sample
 from safedenoiser.eval.scenarios import Scenario, text_scenario, unconditional_scenario
 
@@ -34,10 +36,12 @@ ESTIMATORS = {"gate": {"beta": "gate"}, "hybrid": {"beta": "hybrid"}, "local": {
 # the columns of `eval.methods.measure` shown here, and their headings
 COLUMNS = {"unsafe[direct]": "unsafe direct", "unsafe[paraphrase]": "unsafe paraphrase",
            "unsafe[indirect]": "unsafe indirect", "unsafe[benign]": "unsafe benign", "unsafe[all]": "unsafe",
-           "accuracy": "benign accuracy", "confident": "recognisable", "tv_others": "TV others"}
+           "accuracy": "benign accuracy", "fd[benign]": "FD benign", "fd": "FD", "confident": "recognisable",
+           "tv_others": "TV others"}
+NUMBER_FORMATS = {"fd[benign]": ".2f", "fd": ".2f", "tv_others": ".3f"}  # the rest are shares
 
 
-def run(scenario: Scenario, estimators: list[str], label_ratios: list[float]) -> list[dict]:
+def run(scenario: Scenario, estimators: list[str], label_ratios: list[float], mean_widths: list[float]) -> list[dict]:
     """Vanilla, then each estimator, on the same requests and seeds; `eval.methods.measure` rows."""
     idx = list(range(len(scenario)))
 
@@ -52,6 +56,9 @@ def run(scenario: Scenario, estimators: list[str], label_ratios: list[float]) ->
     rows += [measured(f"local, label ratio {ratio:g}",
                       SafeDenoiser(neg, beta=LocalPosterior(neg, reference, label_ratio=ratio), latch=False), hist)
              for ratio in label_ratios]
+    rows += [measured(f"local{', latch' if latch else ''}, mean width {width:g}",
+                      SafeDenoiser(neg, beta=LocalPosterior(neg, reference, mean_width=width), latch=latch), hist)
+             for width in mean_widths for latch in (False, True)]
     return [vanilla] + rows
 
 
@@ -78,7 +85,7 @@ def table(title: str, results: dict[int, list[dict]]) -> list[str]:
              "|---|---|" + "---|" * len(shown)]
     for cls, rows in results.items():
         for row in rows:
-            cells = ["" if c not in row else f"{row[c]:.3f}" if c == "tv_others" else f"{row[c]:.1%}" for c in shown]
+            cells = ["" if c not in row else f"{row[c]:{NUMBER_FORMATS.get(c, '.1%')}}" for c in shown]
             lines.append(f"| {cls} | {row['method']} | " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -90,13 +97,15 @@ def main() -> None:
     parser.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--estimators", nargs="*", choices=list(ESTIMATORS), default=list(ESTIMATORS))
     parser.add_argument("--label-ratios", type=float, nargs="*", default=[])
+    parser.add_argument("--mean-widths", type=float, nargs="*", default=[])
     parser.add_argument("--out", type=Path, default=Path("docs/results/model_estimators.md"))
     args = parser.parse_args()
     start = time.perf_counter()
     text, unconditional = {}, {}
     for cls in args.classes:
-        text[cls] = run(text_scenario(args.text_n, cls), args.estimators, args.label_ratios)
-        unconditional[cls] = run(unconditional_scenario(args.unconditional_n, cls), args.estimators, args.label_ratios)
+        text[cls] = run(text_scenario(args.text_n, cls), args.estimators, args.label_ratios, args.mean_widths)
+        unconditional[cls] = run(unconditional_scenario(args.unconditional_n, cls), args.estimators, args.label_ratios,
+                                 args.mean_widths)
         print(f"class {cls} done ({time.perf_counter() - start:.0f} s)", flush=True)
     lines = ["# Beta estimators on the bundled models", "",
              f"`python {' '.join(map(shlex.quote, sys.argv))}` ({time.perf_counter() - start:.0f} s). Negation set: "
@@ -108,7 +117,10 @@ def main() -> None:
              "gate), `local` (x0-space local posterior, core/local.py; the default with a reference, here with "
              "`latch=False`), `local, latch` (`latch=True`: each sample's highest beta so far along its trajectory "
              "instead of each step's own, `latched_beta`, and the correction `held_safe_denoise`; what the default "
-             "`latch=\"auto\"` does under guidance, i.e. in the text rows).", ""]
+             "`latch=\"auto\"` does under guidance, i.e. in the text rows). The posterior means of `local` use "
+             f"the narrow kernel width `mean_width = {DEFAULT_MEAN_WIDTH}` (core/local.py); the `mean width` rows use "
+             "another. FD: Fréchet distance of the classifier's features, benign samples against real images of "
+             "their classes (text), samples against real images of the other classes (unconditional).", ""]
     lines += targets(text, unconditional)
     lines += table("Text-conditional (`fashion-text`)", text)
     lines += table("Unconditional (`fashion-class`, null label)", unconditional)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from safedenoiser import NegationSet, SafeDenoiser, SafeDenoiserError
-from safedenoiser.core.local import LocalPosterior
+from safedenoiser.core.local import DEFAULT_WIDTH, LocalPosterior
 from safedenoiser.core.safe_denoiser import held_safe_denoise, local_safe_denoise, safe_denoise
 
 DIM = 64
@@ -55,18 +55,38 @@ def test_beta_and_local_means_pick_the_right_side(sets):
 
 def test_local_posterior_matches_a_direct_computation(sets):
     negation, reference = sets
-    local = LocalPosterior(negation, reference, neighbours=7, width=0.5)
+    local = LocalPosterior(negation, reference, neighbours=7, width=0.5, mean_width=0.2)
     d = torch.randn(6, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     beta, d_unsafe, d_safe = local(d)
     y, r = local.unsafe.double(), local.safe.double()
     sq = torch.cdist(d, torch.cat([y, r])).square()
-    h2 = 0.25 * sq.sort(1).values[:, 6:7]
-    log_w = -sq / (2 * h2) + torch.cat([torch.full((len(y),), math.log(local.prior / len(y))),
-                                        torch.full((len(r),), math.log((1 - local.prior) / len(r)))])
-    pi = torch.softmax(log_w, 1)
-    torch.testing.assert_close(beta, pi[:, :len(y)].sum(1))
-    torch.testing.assert_close(d_unsafe, pi[:, :len(y)] @ y / pi[:, :len(y)].sum(1, keepdim=True))
-    torch.testing.assert_close(d_safe, pi[:, len(y):] @ r / pi[:, len(y):].sum(1, keepdim=True))
+    log_prior = torch.cat([torch.full((len(y),), math.log(local.prior / len(y))),
+                           torch.full((len(r),), math.log((1 - local.prior) / len(r)))])
+
+    def pi(width: float) -> torch.Tensor:
+        return torch.softmax(-sq / (2 * width ** 2 * sq.sort(1).values[:, 6:7]) + log_prior, 1)
+
+    torch.testing.assert_close(beta, pi(0.5)[:, :len(y)].sum(1))
+    narrow = pi(0.2)
+    torch.testing.assert_close(d_unsafe, narrow[:, :len(y)] @ y / narrow[:, :len(y)].sum(1, keepdim=True))
+    torch.testing.assert_close(d_safe, narrow[:, len(y):] @ r / narrow[:, len(y):].sum(1, keepdim=True))
+
+
+def test_far_from_every_image_the_safe_mean_stays_near_the_closest_safe_image():
+    """An estimate far from all images (early steps under strong guidance) must not be answered with a
+    blend of unlike safe images: the narrow kernel of the means keeps ``D_safe`` at the nearest one."""
+    gen = torch.Generator().manual_seed(5)
+    negation = NegationSet.from_latents(_cluster(100, 3.0, gen))
+    shift = 12.0 * torch.eye(DIM, dtype=torch.float64)[0]  # two unlike kinds of safe images
+    reference = torch.cat([_cluster(100, -3.0, gen), _cluster(100, -3.0, gen) + shift])
+    d = torch.full((1, DIM), 7.0, dtype=torch.float64)
+    d[0, 0] = -3.0  # 10 away from every image in all but one coordinate
+    wide = LocalPosterior(negation, reference, mean_width=DEFAULT_WIDTH)
+    narrow = LocalPosterior(negation, reference)
+    assert narrow.mean_width < narrow.width
+    torch.testing.assert_close(narrow(d)[0], wide(d)[0])  # beta does not depend on the means' width
+    to_nearest_image = [float(torch.cdist(local(d)[2], reference).min()) for local in (wide, narrow)]
+    assert to_nearest_image[0] > 5.0 and to_nearest_image[1] < 1.0, to_nearest_image
 
 
 def test_bounded_form_equals_the_identity_where_the_decomposition_holds():
@@ -106,6 +126,8 @@ def test_refuses_a_reference_that_is_all_negated_or_misshaped(sets):
         LocalPosterior(negation, torch.zeros(10, DIM + 1))
     with pytest.raises(SafeDenoiserError, match="at least 2 reference samples"):
         LocalPosterior(negation, torch.zeros(1, DIM))
+    with pytest.raises(SafeDenoiserError, match="kernel widths must be positive"):
+        LocalPosterior(negation, negation.latents[:50] - 6.0, mean_width=0.0)
 
 
 def test_latch_holds_the_highest_beta_of_the_trajectory_and_resets_with_a_new_one(sets):

@@ -5,12 +5,16 @@ Given the negation set ``{y_n}`` (M unsafe examples) and ordinary reference samp
 posterior of ``x0`` given ``x_t`` is approximated by a kernel around ``D = D(x_t)``:
 
     pi_n ∝ (b / M) k(D, y_n),    pi_k ∝ ((1 - b) / K) k(D, r_k),    k(D, y) = exp(-||D - y||^2 / (2 h_D^2))
-    beta = sum_n pi_n,    D_unsafe = sum_n pi_n y_n / beta,    D_safe = sum_k pi_k r_k / (1 - beta)
+    beta = sum_n pi_n,    D_unsafe = sum_n pi'_n y_n / sum_n pi'_n,    D_safe = sum_k pi'_k r_k / sum_k pi'_k
 
 ``h_D`` is ``width`` times the distance from ``D`` to its ``neighbours``-th nearest point of the two
 sets: it adapts to the noise level, since ``D`` is a blur of many images at high noise and close to
-one image at low noise. The safe denoiser then applies the identity's correction (DESIGN §1) in the
-form without the division by ``1 - beta``:
+one image at low noise. The means use ``pi'``, the same weights with a narrower ``h'_D``,
+``mean_width`` times that distance: under strong guidance ``D`` lies far from every image early on, where
+the wide kernel averages the latents of unlike images into a shapeless blob that guidance then turns
+into whatever looks most like it (a pullover, for Fashion-MNIST); the narrow one keeps ``D_safe``
+near the nearest safe images (benchmarks/cli_every_class.py). The safe denoiser then applies the
+identity's correction (DESIGN §1) in the form without the division by ``1 - beta``:
 
     D_safe(x_t) = D + w (D - D_unsafe) = D + beta (D_safe - D_unsafe)
 
@@ -37,14 +41,18 @@ from safedenoiser.negation import NegationSet
 
 DEFAULT_NEIGHBOURS = 10
 DEFAULT_WIDTH = 0.3
+DEFAULT_MEAN_WIDTH = 0.1
 DEFAULT_LABEL_RATIO = 1.0
 
 
-def _adaptive_logits(sq: Tensor, neighbours: int, width: float) -> Tensor:
-    """``-||D - y||^2 / (2 h_D^2)`` with ``h_D`` = ``width`` x the ``neighbours``-th nearest distance, per row."""
-    k = min(neighbours, sq.shape[1])
-    h2 = sq.kthvalue(k, 1, keepdim=True).values.clamp_min(1e-12) * width * width
-    return -sq / (2 * h2)
+def _neighbour_sq(sq: Tensor, neighbours: int) -> Tensor:
+    """The squared distance to the ``neighbours``-th nearest point, per row [B, 1]."""
+    return sq.kthvalue(min(neighbours, sq.shape[1]), 1, keepdim=True).values.clamp_min(1e-12)
+
+
+def _adaptive_logits(sq: Tensor, neighbour_sq: Tensor, width: float) -> Tensor:
+    """``-||D - y||^2 / (2 h_D^2)`` with ``h_D`` = ``width`` x the distance whose square is ``neighbour_sq``."""
+    return -sq / (2 * neighbour_sq * width * width)
 
 
 class LocalPosterior:
@@ -54,19 +62,22 @@ class LocalPosterior:
     them is at least ``label_ratio`` times the reference set's own (leave-one-out); the rest are the
     safe samples, and the negated share is the prior ``b``. The default 1 also counts the negated
     concept's periphery, which guided sampling needs; without guidance a larger ratio keeps the other
-    classes' proportions better (benchmarks/model_estimators.py ``--label-ratios``: 3 meets the
-    unconditional target for 7 of 10 classes, 1 for 5, but lets more text prompts through).
+    classes' proportions better (benchmarks/model_estimators.py ``--label-ratios``: 2 meets the
+    unconditional target for 6 of 10 classes, 1 for 5, but lets more text prompts through).
     """
 
     def __init__(self, negation: NegationSet, reference: Tensor, *, neighbours: int = DEFAULT_NEIGHBOURS,
-                 width: float = DEFAULT_WIDTH, label_ratio: float = DEFAULT_LABEL_RATIO):
+                 width: float = DEFAULT_WIDTH, mean_width: float = DEFAULT_MEAN_WIDTH,
+                 label_ratio: float = DEFAULT_LABEL_RATIO):
         reference = torch.as_tensor(reference)
         if tuple(reference.shape[1:]) != negation.sample_shape:
             raise SafeDenoiserError(f"reference samples have shape {tuple(reference.shape[1:])}, the negation "
                                     f"set {negation.sample_shape}; both must live in the model's space")
         if len(reference) < 2:
             raise SafeDenoiserError(f"the local estimator needs at least 2 reference samples, got {len(reference)}")
-        self.neighbours, self.width = neighbours, width
+        if min(width, mean_width) <= 0:
+            raise SafeDenoiserError(f"kernel widths must be positive, got width={width}, mean_width={mean_width}")
+        self.neighbours, self.width, self.mean_width = neighbours, width, mean_width
         y = negation.latents.reshape(len(negation), -1).double()
         r = reference.reshape(len(reference), -1).double()
         negated = self.reference_ratio(r, y) >= label_ratio
@@ -94,7 +105,7 @@ class LocalPosterior:
             rows = reference[start:start + block]
             sq = squared_distances(rows, both)
             sq[torch.arange(len(rows)), m + torch.arange(start, start + len(rows))] = math.inf
-            logits = _adaptive_logits(sq, self.neighbours, self.width)
+            logits = _adaptive_logits(sq, _neighbour_sq(sq, self.neighbours), self.width)
             log_u = torch.logsumexp(logits[:, :m], 1) - math.log(m)
             log_r = torch.logsumexp(logits[:, m:], 1) - math.log(len(reference) - 1)
             ratios.append((log_u - log_r).exp())
@@ -103,10 +114,13 @@ class LocalPosterior:
     def __call__(self, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(beta [B], D_unsafe [B, D], D_safe [B, D])`` for flat estimates ``d`` [B, D]."""
         points, m = laid_out(self._cache, self.points, d.device, d.dtype), self.split  # unsafe rows, then safe
-        logits = _adaptive_logits(squared_distances(d, points), self.neighbours, self.width)
+        sq = squared_distances(d, points)
+        neighbour_sq = _neighbour_sq(sq, self.neighbours)
+        logits = _adaptive_logits(sq, neighbour_sq, self.width)
         log_u = torch.logsumexp(logits[:, :m], 1) + math.log(self.prior / m)
         log_s = torch.logsumexp(logits[:, m:], 1) + math.log((1 - self.prior) / (len(points.rows) - m))
         beta = torch.sigmoid(log_u - log_s)
+        narrow = _adaptive_logits(sq, neighbour_sq, self.mean_width)
         # each side's weights normalised on their own, so neither side's mean underflows
-        return (beta, weighted_mean(softmax_weights(logits[:, :m]), points.part(0, m)),
-                weighted_mean(softmax_weights(logits[:, m:]), points.part(m)))
+        return (beta, weighted_mean(softmax_weights(narrow[:, :m]), points.part(0, m)),
+                weighted_mean(softmax_weights(narrow[:, m:]), points.part(m)))
