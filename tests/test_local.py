@@ -30,6 +30,9 @@ def test_reference_is_split_into_negated_and_safe_samples(sets):
     local = LocalPosterior(negation, reference)
     assert local.prior == pytest.approx(0.3, abs=0.03)
     assert len(local.safe) == pytest.approx(210, abs=9) and float(local.safe.mean()) < -2.5
+    labelled = local.negated_reference  # the first 90 reference samples are the unsafe ones
+    assert labelled[:90].double().mean() > 0.9 and labelled[90:].double().mean() < 0.05
+    assert int((~labelled).sum()) == len(local.safe)
 
 
 def test_a_larger_label_ratio_counts_fewer_reference_samples_as_negated(sets):

@@ -60,7 +60,7 @@ class LocalPosterior:
 
     Reference samples count as negated when the negation set's (size-normalised) kernel density at
     them is at least ``label_ratio`` times the reference set's own (leave-one-out); the rest are the
-    safe samples, and the negated share is the prior ``b``. The default 1 also counts the negated
+    safe samples (``negated_reference`` marks the others), and the negated share is the prior ``b``. The default 1 also counts the negated
     concept's periphery, which guided sampling needs; without guidance a larger ratio keeps the other
     classes' proportions better (benchmarks/model_estimators.py ``--label-ratios``: 2 meets the
     unconditional target for 6 of 10 classes, 1 for 5, but lets more text prompts through).
@@ -81,6 +81,7 @@ class LocalPosterior:
         y = negation.latents.reshape(len(negation), -1).double()
         r = reference.reshape(len(reference), -1).double()
         negated = self.reference_ratio(r, y) >= label_ratio
+        self.negated_reference = negated  # [K] bool: the reference samples counted as negated
         if negated.all():
             raise SafeDenoiserError(f"all {len(r)} reference samples lie in the negation set's region; give "
                                     "ordinary samples of the model (all kinds of images) as reference")

@@ -76,13 +76,19 @@ def _encode(pipe, images: Tensor) -> Tensor:
     return NegationSet.from_images(pipe, images, batch_size=250, progress=False).latents
 
 
-def _reference(pipe, size: int = REFERENCE_SIZE, seed: int = 0) -> Tensor:
-    """Latents of ``size`` training images of all classes: ordinary samples for the reference estimators."""
+def reference_images(size: int = REFERENCE_SIZE, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``size`` training images of all classes and their labels: the ordinary samples of the reference
+    estimators."""
     from safedenoiser.models import load_fashion_mnist
 
-    images, _ = load_fashion_mnist("train", size=32)
+    images, labels = load_fashion_mnist("train", size=32)
     idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:size]
-    return _encode(pipe, images[idx])
+    return images[idx], labels[idx]
+
+
+def _reference(pipe, size: int = REFERENCE_SIZE, seed: int = 0) -> Tensor:
+    """Latents of `reference_images`."""
+    return _encode(pipe, reference_images(size, seed)[0])
 
 
 def _split(n: int, parts: int) -> list[int]:
