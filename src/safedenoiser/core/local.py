@@ -58,12 +58,14 @@ def _adaptive_logits(sq: Tensor, neighbour_sq: Tensor, width: float) -> Tensor:
 class LocalPosterior:
     """``(beta, D_unsafe, D_safe)`` at ``D(x_t)`` from the negation set and safe reference samples.
 
-    Reference samples count as negated when the negation set's (size-normalised) kernel density at
-    them is at least ``label_ratio`` times the reference set's own (leave-one-out); the rest are the
-    safe samples (``negated_reference`` marks the others), and the negated share is the prior ``b``. The default 1 also counts the negated
-    concept's periphery, which guided sampling needs; without guidance a larger ratio keeps the other
-    classes' proportions better (benchmarks/model_estimators.py ``--label-ratios``: 2 meets the
-    unconditional target for 6 of 10 classes, 1 for 5, but lets more text prompts through).
+    Reference samples count as negated (``negated_reference``) when the negation set's
+    (size-normalised) kernel density at them is at least ``label_ratio`` times the reference set's
+    own (leave-one-out); the rest are the safe samples, and the negated share is the prior ``b``
+    (benchmarks/local_confusion.py: which images of each class this labels and judges negated).
+    The default 1 also counts the negated concept's periphery, which guided sampling needs; without
+    guidance a larger ratio keeps the other classes' proportions better
+    (benchmarks/model_estimators.py ``--label-ratios``: 2 meets the unconditional target for 6 of 10
+    classes, 1 for 5, but lets more text prompts through).
     """
 
     def __init__(self, negation: NegationSet, reference: Tensor, *, neighbours: int = DEFAULT_NEIGHBOURS,
