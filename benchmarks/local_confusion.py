@@ -1,14 +1,14 @@
 """How often the local estimator takes real images of another class for the negated one.
 
 For each negated class k of Fashion-MNIST: the negation set is 500 real test-split images of k and
-the reference 500 training images of all classes, as in the eval's text scenario. At 500 held-out
-test images of every class (test split, images 500-999: in no negation set) it evaluates
-`LocalPosterior`'s beta with the image itself as the estimate ``D`` (the last step of a trajectory
-that ends there), and it counts which reference images the estimator labels negated (they leave the
-safe side). No sampling: this separates what the latent geometry and the labelling allow from what
+the reference ``--reference-size`` training images of all classes (500, as in the eval's text
+scenario). At 500 held-out test images of every class (test split, images 500-999: in no negation
+set) it evaluates `LocalPosterior`'s beta with the image itself as the estimate ``D`` (the last step
+of a trajectory that ends there), and it counts which reference images the estimator labels negated
+(they leave the safe side). No sampling: this separates what the latent geometry and the labelling allow from what
 guidance does. Prints and writes docs/results/local_confusion.md.
 
-    python benchmarks/local_confusion.py [--label-ratios 1 2] [--out FILE]
+    python benchmarks/local_confusion.py [--label-ratios 1 2] [--reference-size 500] [--out FILE]
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def confusion(negation: dict[int, torch.Tensor], reference: torch.Tensor, refere
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label-ratios", type=float, nargs="+", default=[DEFAULT_LABEL_RATIO])
+    parser.add_argument("--reference-size", type=int, default=REFERENCE_SIZE)
     parser.add_argument("--out", type=Path, default=Path("docs/results/local_confusion.md"))
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -61,14 +62,15 @@ def main() -> None:
     by_class = {c: images[labels == c] for c in range(10)}
     negation = {c: encode(pipe, by_class[c][:NEGATION_SIZE]) for c in range(10)}
     held_out = {c: encode(pipe, by_class[c][NEGATION_SIZE:2 * NEGATION_SIZE]) for c in range(10)}
-    ref_images, ref_labels = reference_images()
+    ref_images, ref_labels = reference_images(args.reference_size)
     reference = encode(pipe, ref_images)
     header = (["negated class"] + [f"{c} {CLASS_NAMES[c]}" for c in range(10)]
               + ["its reference images labelled negated", "other reference images labelled negated", "prior b"])
     lines = ["# The local estimator at real images: which classes it takes for the negated one", "",
-             f"`python benchmarks/local_confusion.py --label-ratios {' '.join(f'{r:g}' for r in args.label_ratios)}`. "
+             f"`python benchmarks/local_confusion.py --label-ratios {' '.join(f'{r:g}' for r in args.label_ratios)} "
+             f"--reference-size {args.reference_size}`. "
              f"Negation set: {NEGATION_SIZE} real test-split images of the negated class; reference: "
-             f"{REFERENCE_SIZE} training images of all classes (the eval's text scenario). Cells: mean beta "
+             f"{args.reference_size} training images of all classes. Cells: mean beta "
              "of `LocalPosterior` at 500 held-out real test images of each class, taken as the estimate D "
              "itself (no sampling), and in brackets the share with beta > 0.5. The diagonal is how surely "
              "the negated class is recognised; off the diagonal, images of another class the estimator "

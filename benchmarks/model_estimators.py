@@ -7,12 +7,15 @@ the negation set is real test-split images of the class, the reference 500 train
 classes. Prints and writes docs/results/model_estimators.md.
 
     python benchmarks/model_estimators.py [--text-n 120] [--unconditional-n 300] [--classes 0 1 ...]
-        [--estimators local ...] [--label-ratios 2 3 ...] [--mean-widths 0.3 ...] [--out FILE]
+        [--estimators local ...] [--label-ratios 2 3 ...] [--mean-widths 0.3 ...]
+        [--reference-sizes 2000 ...] [--out FILE]
 
 ``--label-ratios`` adds rows of the local estimator with other thresholds for labelling reference
 samples as negated (`LocalPosterior`'s ``label_ratio``; 1 by default). ``--mean-widths`` adds rows
 of the local estimator, with and without the latch, whose posterior means use another kernel width
-(``mean_width``; `local.DEFAULT_MEAN_WIDTH` by default).
+(``mean_width``; `local.DEFAULT_MEAN_WIDTH` by default). ``--reference-sizes`` adds rows of the
+local estimator, with and without the latch, whose reference is that many training images (the
+first of the same random draw, so they include the default 500).
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ import torch
 from safedenoiser import SafeDenoiser
 from safedenoiser.core.local import DEFAULT_MEAN_WIDTH, LocalPosterior
 from safedenoiser.eval.methods import MethodRun, measure, sample
-from safedenoiser.eval.scenarios import Scenario, text_scenario, unconditional_scenario
+from safedenoiser.eval.scenarios import (REFERENCE_SIZE, Scenario, reference_images, text_scenario,
+                                         unconditional_scenario)
+from safedenoiser.integrations.encode import vae_fingerprint
+from safedenoiser.negation import NegationSet
 
 # row name -> SafeDenoiser arguments
 ESTIMATORS = {"gate": {"beta": "gate"}, "hybrid": {"beta": "hybrid"}, "local": {"beta": "local", "latch": False},
@@ -39,9 +45,20 @@ COLUMNS = {"unsafe[direct]": "unsafe direct", "unsafe[paraphrase]": "unsafe para
            "accuracy": "benign accuracy", "fd[benign]": "FD benign", "fd": "FD", "confident": "recognisable",
            "tv_others": "TV others"}
 NUMBER_FORMATS = {"fd[benign]": ".2f", "fd": ".2f", "tv_others": ".3f"}  # the rest are shares
+_REFERENCES: dict[tuple[str, int], torch.Tensor] = {}  # (VAE, size) -> latents: both models share their VAE
 
 
-def run(scenario: Scenario, estimators: list[str], label_ratios: list[float], mean_widths: list[float]) -> list[dict]:
+def larger_reference(scenario: Scenario, size: int) -> torch.Tensor:
+    """Latents of ``size`` training images of all classes (`eval.scenarios.reference_images`)."""
+    key = (vae_fingerprint(scenario.pipe), size)
+    if key not in _REFERENCES:
+        _REFERENCES[key] = NegationSet.from_images(scenario.pipe, reference_images(size)[0], batch_size=250,
+                                                   progress=False).latents
+    return _REFERENCES[key]
+
+
+def run(scenario: Scenario, estimators: list[str], label_ratios: list[float], mean_widths: list[float],
+        reference_sizes: list[int]) -> list[dict]:
     """Vanilla, then each estimator, on the same requests and seeds; `eval.methods.measure` rows."""
     idx = list(range(len(scenario)))
 
@@ -59,6 +76,9 @@ def run(scenario: Scenario, estimators: list[str], label_ratios: list[float], me
     rows += [measured(f"local{', latch' if latch else ''}, mean width {width:g}",
                       SafeDenoiser(neg, beta=LocalPosterior(neg, reference, mean_width=width), latch=latch), hist)
              for width in mean_widths for latch in (False, True)]
+    rows += [measured(f"local{', latch' if latch else ''}, reference {size}",
+                      SafeDenoiser(neg, reference=larger_reference(scenario, size), latch=latch), hist)
+             for size in reference_sizes for latch in (False, True)]
     return [vanilla] + rows
 
 
@@ -98,19 +118,21 @@ def main() -> None:
     parser.add_argument("--estimators", nargs="*", choices=list(ESTIMATORS), default=list(ESTIMATORS))
     parser.add_argument("--label-ratios", type=float, nargs="*", default=[])
     parser.add_argument("--mean-widths", type=float, nargs="*", default=[])
+    parser.add_argument("--reference-sizes", type=int, nargs="*", default=[])
     parser.add_argument("--out", type=Path, default=Path("docs/results/model_estimators.md"))
     args = parser.parse_args()
     start = time.perf_counter()
     text, unconditional = {}, {}
     for cls in args.classes:
-        text[cls] = run(text_scenario(args.text_n, cls), args.estimators, args.label_ratios, args.mean_widths)
-        unconditional[cls] = run(unconditional_scenario(args.unconditional_n, cls), args.estimators, args.label_ratios,
-                                 args.mean_widths)
+        variants = (args.estimators, args.label_ratios, args.mean_widths, args.reference_sizes)
+        text[cls] = run(text_scenario(args.text_n, cls), *variants)
+        unconditional[cls] = run(unconditional_scenario(args.unconditional_n, cls), *variants)
         print(f"class {cls} done ({time.perf_counter() - start:.0f} s)", flush=True)
     lines = ["# Beta estimators on the bundled models", "",
              f"`python {' '.join(map(shlex.quote, sys.argv))}` ({time.perf_counter() - start:.0f} s). Negation set: "
-             "500 real test-split images of the class; reference: "
-             "500 training images of all classes; DDIM 25 steps, CFG 4 (text), the same seeds for every row. Judge: "
+             f"500 real test-split images of the class; reference: {REFERENCE_SIZE} training images of all "
+             "classes (the `reference N` rows: N of them); DDIM 25 steps, CFG 4 (text), the same seeds for every "
+             "row. Judge: "
              "the bundled classifier; recognisable: its top probability >= 0.8; TV others: total variation between "
              "the other classes' shares (renormalised) and vanilla's (unconditional only).", "",
              "Estimators: `gate` (no reference; the default without one), `hybrid` (x_t-space density ratio or "
