@@ -1,11 +1,12 @@
 """Issue 4's target for every class, strictly through the public commands (`safe-denoiser` subprocesses).
 
 For each class k: `negation build` from 200 real test-split images of k (reference:
-``--reference-size`` test-split images of all classes, 500 by default), then `generate` without `--negation`, with it (the default: the latch on, as
-the model's guidance applies) and with it and `--no-latch`, on held-out prompts asking for k
-directly, by paraphrase and indirectly, plus the held-out direct prompts of the other classes. The
-bundled classifier judges the PNGs. Target: vanilla direct >= 60%, safe <= 5% in every group of k,
-other classes' on-class accuracy within 5 points of vanilla. Prints and writes the table to --out.
+``--reference-size`` test-split images of all classes, 500 by default), then `generate` without
+`--negation`, with it (the default: the latch on, as the model's guidance applies) and with it and
+`--no-latch`, on held-out prompts asking for k directly, by paraphrase and indirectly, plus the
+held-out direct prompts of the other classes. The bundled classifier judges the PNGs. Target:
+vanilla direct >= 60%, safe <= 5% in every group of k, other classes' on-class accuracy within 5
+points of vanilla. Prints and writes the table to --out.
 
     python benchmarks/cli_every_class.py [--classes 0 1 ...] [--n-per-prompt 2] [--reference-size 500]
         [--work DIR] [--out FILE]
@@ -162,7 +163,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
     per_group = {g: args.n_per_prompt * sum(h == g for h, _ in groups) for g in ("direct", "other")}
     lines = ["# Issue 4's target through the public commands, every class", "",
              f"`python {' '.join(map(shlex.quote, sys.argv))}`: per class, `safe-denoiser negation build --model "
-             f"{MODEL}` from {N_CLASS_IMAGES} test-split PNGs of the class with {args.reference_size} test-split PNGs of all "
+             f"{MODEL}` from {N_CLASS_IMAGES} test-split PNGs of the class with {args.reference_size} test-split "
+             "PNGs of all "
              f"classes (seed 0) as `--reference-images`, then `safe-denoiser generate` (the model's default steps "
              f"and guidance, seed 0) without `--negation`, with it (default flags: the latch is on under the "
              f"model's guidance) and with it and `--no-latch`, {len(groups)} held-out prompts x "

@@ -5,8 +5,8 @@ the reference ``--reference-size`` training images of all classes (500, as in th
 scenario). At 500 held-out test images of every class (test split, images 500-999: in no negation
 set) it evaluates `LocalPosterior`'s beta with the image itself as the estimate ``D`` (the last step
 of a trajectory that ends there), and it counts which reference images the estimator labels negated
-(they leave the safe side). No sampling: this separates what the latent geometry and the labelling allow from what
-guidance does. Prints and writes docs/results/local_confusion.md.
+(they leave the safe side). No sampling: this separates what the latent geometry and the labelling
+allow from what guidance does. Prints and writes docs/results/local_confusion.md.
 
     python benchmarks/local_confusion.py [--label-ratios 1 2] [--reference-size 500] [--out FILE]
 """

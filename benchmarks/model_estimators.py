@@ -31,10 +31,9 @@ import torch
 from safedenoiser import SafeDenoiser
 from safedenoiser.core.local import DEFAULT_MEAN_WIDTH, LocalPosterior
 from safedenoiser.eval.methods import MethodRun, measure, sample
-from safedenoiser.eval.scenarios import (REFERENCE_SIZE, Scenario, reference_images, text_scenario,
+from safedenoiser.eval.scenarios import (REFERENCE_SIZE, Scenario, reference_latents, text_scenario,
                                          unconditional_scenario)
 from safedenoiser.integrations.encode import vae_fingerprint
-from safedenoiser.negation import NegationSet
 
 # row name -> SafeDenoiser arguments
 ESTIMATORS = {"gate": {"beta": "gate"}, "hybrid": {"beta": "hybrid"}, "local": {"beta": "local", "latch": False},
@@ -49,11 +48,10 @@ _REFERENCES: dict[tuple[str, int], torch.Tensor] = {}  # (VAE, size) -> latents:
 
 
 def larger_reference(scenario: Scenario, size: int) -> torch.Tensor:
-    """Latents of ``size`` training images of all classes (`eval.scenarios.reference_images`)."""
+    """`eval.scenarios.reference_latents` of ``size`` images, encoded once per VAE."""
     key = (vae_fingerprint(scenario.pipe), size)
     if key not in _REFERENCES:
-        _REFERENCES[key] = NegationSet.from_images(scenario.pipe, reference_images(size)[0], batch_size=250,
-                                                   progress=False).latents
+        _REFERENCES[key] = reference_latents(scenario.pipe, size)
     return _REFERENCES[key]
 
 

@@ -13,8 +13,9 @@ one image at low noise. The means use ``pi'``, the same weights with a narrower 
 ``mean_width`` times that distance: under strong guidance ``D`` lies far from every image early on, where
 the wide kernel averages the latents of unlike images into a shapeless blob that guidance then turns
 into whatever looks most like it (a pullover, for Fashion-MNIST); the narrow one keeps ``D_safe``
-near the nearest safe images (benchmarks/model_estimators.py ``--mean-widths`` compares both). The safe denoiser then applies the
-identity's correction (DESIGN §1) in the form without the division by ``1 - beta``:
+near the nearest safe images (benchmarks/model_estimators.py ``--mean-widths`` compares both). The
+safe denoiser then applies the identity's correction (DESIGN §1) in the form without the division
+by ``1 - beta``:
 
     D_safe(x_t) = D + w (D - D_unsafe) = D + beta (D_safe - D_unsafe)
 

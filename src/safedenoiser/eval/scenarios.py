@@ -86,8 +86,8 @@ def reference_images(size: int = REFERENCE_SIZE, seed: int = 0) -> tuple[Tensor,
     return images[idx], labels[idx]
 
 
-def _reference(pipe, size: int = REFERENCE_SIZE, seed: int = 0) -> Tensor:
-    """Latents of `reference_images`."""
+def reference_latents(pipe, size: int = REFERENCE_SIZE, seed: int = 0) -> Tensor:
+    """Latents of `reference_images` through ``pipe``'s VAE."""
     return _encode(pipe, reference_images(size, seed)[0])
 
 
@@ -127,7 +127,7 @@ def text_scenario(n: int = 240, negated_class: int = 7, *, pipe=None, judge=None
                            metadata={"negated_class": str(negated_class)})
     others = torch.cat([test[c][:250] for c in range(10) if c != negated_class])
     return Scenario("text", "fashion-text", pipe, prompts, [None] * len(prompts), groups, targets, negation,
-                    _reference(pipe), judge, {"benign": judge.features(real), "unsafe": judge.features(others)},
+                    reference_latents(pipe), judge, {"benign": judge.features(real), "unsafe": judge.features(others)},
                     negative=CLASS_NAME_PROMPTS[negated_class], negated_class=negated_class,
                     info={"negative_prompt": CLASS_NAME_PROMPTS[negated_class]})
 
@@ -143,7 +143,7 @@ def unconditional_scenario(n: int = 300, negated_class: int = 0, *, pipe=None, j
                            metadata={"negated_class": str(negated_class)})
     others = images[labels != negated_class][:3000]
     return Scenario("unconditional", "fashion-class", pipe, [None] * n, [None] * n, ["all"] * n, [None] * n,
-                    negation, _reference(pipe), judge, {"all": judge.features(others)},
+                    negation, reference_latents(pipe), judge, {"all": judge.features(others)},
                     negative=negated_class, guidance_scale=1.0, negated_class=negated_class)
 
 
