@@ -14,6 +14,8 @@ allow from what guidance does. Prints and writes docs/results/local_confusion.md
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -67,8 +69,7 @@ def main() -> None:
     header = (["negated class"] + [f"{c} {CLASS_NAMES[c]}" for c in range(10)]
               + ["its reference images labelled negated", "other reference images labelled negated", "prior b"])
     lines = ["# The local estimator at real images: which classes it takes for the negated one", "",
-             f"`python benchmarks/local_confusion.py --label-ratios {' '.join(f'{r:g}' for r in args.label_ratios)} "
-             f"--reference-size {args.reference_size}`. "
+             f"`python {' '.join(map(shlex.quote, sys.argv))}`. "
              f"Negation set: {NEGATION_SIZE} real test-split images of the negated class; reference: "
              f"{args.reference_size} training images of all classes. Cells: mean beta "
              "of `LocalPosterior` at 500 held-out real test images of each class, taken as the estimate D "
