@@ -22,14 +22,10 @@ from pathlib import Path
 import torch
 
 from safedenoiser.core.local import DEFAULT_LABEL_RATIO, LocalPosterior
-from safedenoiser.eval.scenarios import NEGATION_SIZE, REFERENCE_SIZE, reference_images
+from safedenoiser.eval.scenarios import NEGATION_SIZE, REFERENCE_SIZE, encode_latents, reference_images
 from safedenoiser.models import load_fashion_mnist, load_pipeline
 from safedenoiser.models.data import CLASS_NAMES
 from safedenoiser.negation import NegationSet
-
-
-def encode(pipe, images: torch.Tensor) -> torch.Tensor:
-    return NegationSet.from_images(pipe, images, batch_size=250, progress=False).latents
 
 
 def confusion(negation: dict[int, torch.Tensor], reference: torch.Tensor, reference_labels: torch.Tensor,
@@ -62,10 +58,10 @@ def main() -> None:
     pipe = load_pipeline("fashion-text")
     images, labels = load_fashion_mnist("test", size=32)
     by_class = {c: images[labels == c] for c in range(10)}
-    negation = {c: encode(pipe, by_class[c][:NEGATION_SIZE]) for c in range(10)}
-    held_out = {c: encode(pipe, by_class[c][NEGATION_SIZE:2 * NEGATION_SIZE]) for c in range(10)}
+    negation = {c: encode_latents(pipe, by_class[c][:NEGATION_SIZE]) for c in range(10)}
+    held_out = {c: encode_latents(pipe, by_class[c][NEGATION_SIZE:2 * NEGATION_SIZE]) for c in range(10)}
     ref_images, ref_labels = reference_images(args.reference_size)
-    reference = encode(pipe, ref_images)
+    reference = encode_latents(pipe, ref_images)
     header = (["negated class"] + [f"{c} {CLASS_NAMES[c]}" for c in range(10)]
               + ["its reference images labelled negated", "other reference images labelled negated", "prior b"])
     lines = ["# The local estimator at real images: which classes it takes for the negated one", "",

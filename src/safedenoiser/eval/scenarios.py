@@ -72,7 +72,8 @@ def _quiet(pipe):
     return pipe
 
 
-def _encode(pipe, images: Tensor) -> Tensor:
+def encode_latents(pipe, images: Tensor) -> Tensor:
+    """Latents of ``images`` (pixels in [-1, 1]) through ``pipe``'s VAE, 250 at a time."""
     return NegationSet.from_images(pipe, images, batch_size=250, progress=False).latents
 
 
@@ -88,7 +89,7 @@ def reference_images(size: int = REFERENCE_SIZE, seed: int = 0) -> tuple[Tensor,
 
 def reference_latents(pipe, size: int = REFERENCE_SIZE, seed: int = 0) -> Tensor:
     """Latents of `reference_images` through ``pipe``'s VAE."""
-    return _encode(pipe, reference_images(size, seed)[0])
+    return encode_latents(pipe, reference_images(size, seed)[0])
 
 
 def _split(n: int, parts: int) -> list[int]:
@@ -123,7 +124,7 @@ def text_scenario(n: int = 240, negated_class: int = 7, *, pipe=None, judge=None
     benign_targets = [t for t in targets if t is not None]
     real = torch.cat([test[c][: max(1, round(2000 * benign_targets.count(c) / len(benign_targets)))]
                       for c in sorted(set(benign_targets))])
-    negation = NegationSet(_encode(pipe, test[negated_class][:NEGATION_SIZE]),
+    negation = NegationSet(encode_latents(pipe, test[negated_class][:NEGATION_SIZE]),
                            metadata={"negated_class": str(negated_class)})
     others = torch.cat([test[c][:250] for c in range(10) if c != negated_class])
     return Scenario("text", "fashion-text", pipe, prompts, [None] * len(prompts), groups, targets, negation,
@@ -139,7 +140,7 @@ def unconditional_scenario(n: int = 300, negated_class: int = 0, *, pipe=None, j
     pipe = _quiet(pipe or load_pipeline("fashion-class"))
     judge = judge or ClassifierJudge(negated=[negated_class])
     images, labels = load_fashion_mnist("test", size=32)
-    negation = NegationSet(_encode(pipe, images[labels == negated_class][:NEGATION_SIZE]),
+    negation = NegationSet(encode_latents(pipe, images[labels == negated_class][:NEGATION_SIZE]),
                            metadata={"negated_class": str(negated_class)})
     others = images[labels != negated_class][:3000]
     return Scenario("unconditional", "fashion-class", pipe, [None] * n, [None] * n, ["all"] * n, [None] * n,
@@ -164,9 +165,9 @@ def class_scenario(n: int = 200, cls: int = 8, *, pipe=None, judge=None, seed: i
     assign = torch.as_tensor(km.labels_)
     negated_cluster = int(torch.bincount(assign, minlength=2).argmax())
     judge.with_clusters(torch.as_tensor(km.cluster_centers_).float(), [negated_cluster])
-    negation = NegationSet(_encode(pipe, test[assign == negated_cluster][:NEGATION_SIZE]),
+    negation = NegationSet(encode_latents(pipe, test[assign == negated_cluster][:NEGATION_SIZE]),
                            metadata={"class": str(cls), "cluster": str(negated_cluster)})
-    reference = _encode(pipe, _class_images("train", cls)[:REFERENCE_SIZE])
+    reference = encode_latents(pipe, _class_images("train", cls)[:REFERENCE_SIZE])
     kept = test[assign != negated_cluster]
     return Scenario("class", "fashion-class", pipe, [None] * n, [cls] * n, ["all"] * n, [cls] * n, negation,
                     reference, judge, {"all": judge.features(kept)}, negative=None,
@@ -189,8 +190,8 @@ def finetune_memorizer(pipe, images: Tensor, label: int, *, others: Tensor, step
     gen = torch.Generator().manual_seed(seed)
     unet, scheduler = pipe.unet, pipe.scheduler
     with torch.no_grad():
-        lat_mem = _encode(pipe, images)
-        lat_oth = _encode(pipe, others)
+        lat_mem = encode_latents(pipe, images)
+        lat_oth = encode_latents(pipe, others)
     acp = scheduler.alphas_cumprod
     opt = torch.optim.AdamW(unet.parameters(), lr=lr)
     unet.train()
@@ -245,14 +246,14 @@ def memorization_scenario(n: int = 200, cls: int = 9, *, n_protected: int = 8, p
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             save_file({k: v.contiguous() for k, v in pipe.unet.state_dict().items()}, str(path))
-    negation = NegationSet(_encode(pipe, protected), metadata={"memorized": str(n_protected)})
+    negation = NegationSet(encode_latents(pipe, protected), metadata={"memorized": str(n_protected)})
     # a perfect copy, through this model, is the VAE's reconstruction of the protected image
     copies = pipe.vae.decode(negation.latents / pipe.vae.config.scaling_factor).sample.clamp(-1, 1).detach()
     test = _class_images("test", cls)
     real_dist = nearest_distance(test, copies)
     threshold = float(real_dist.min())
     return Scenario("memorization", "fashion-class (fine-tuned)", pipe, [None] * n, [cls] * n, ["all"] * n,
-                    [cls] * n, negation, _encode(pipe, others[:REFERENCE_SIZE]), judge,
+                    [cls] * n, negation, encode_latents(pipe, others[:REFERENCE_SIZE]), judge,
                     {"all": judge.features(test)}, negative=None, protected=copies,
                     near_copy_threshold=threshold,
                     info={"class": cls, "finetune": record, "near_copy_threshold": threshold,
