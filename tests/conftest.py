@@ -136,6 +136,19 @@ def tiny_unet_pixels(out_channels: int = 3) -> UNet2DModel:
                        attention_head_dim=4).eval()
 
 
+def tiny_class_pipe():
+    """A tiny `FashionClassPipeline` (10 classes + null class 10, 4x8x8 latents), DDIM."""
+    from safedenoiser.models.class_pipeline import FashionClassPipeline
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4, num_class_embeds=11).eval()
+    pipe = FashionClassPipeline(unet=unet, vae=tiny_vae(), scheduler=DDIMScheduler(**SD_SCHEDULER))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_tokenizer(folder):
     """A CLIP tokenizer over single characters, written to ``folder`` (no download)."""
     from transformers import CLIPTokenizer

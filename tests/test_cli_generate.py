@@ -155,6 +155,10 @@ def test_negation_build_stores_reference_images_for_the_local_estimator(model, n
     code, _, err = _gen(model, tmp_path / "auto", "--prompt", "a bag", "--n", "1", "--negation", str(out))
     assert code == 0, err
     assert json.loads((tmp_path / "auto" / "run.json").read_text())["settings"]["latch"] == "auto"
+    # so is where closeness is measured
+    code, _, err = _gen(model, tmp_path / "auto", "--prompt", "a bag", "--n", "1", "--negation", str(out),
+                        "--features", "latent")
+    assert code == 2 and "features: 'auto' there, 'latent' now" in err
 
 
 def test_negation_build_lists_skipped_files_and_refuses_to_overwrite(model, negation_images, tmp_path):
@@ -312,6 +316,8 @@ def wrong_shape_set(tmp_path_factory) -> Path:
     (["--prompt", "a", "--latch"], "--latch changes how a negation set is used; give --negation FILE too"),
     (["--prompt", "a", "--no-latch"], "--no-latch changes how a negation set is used; give --negation FILE too"),
     (["--prompt", "a", "--negation", "SET", "--latch"], "latch holds the local estimator's beta"),
+    (["--prompt", "a", "--features", "latent"], "--features latent changes how a negation set is used"),
+    (["--prompt", "a", "--negation", "SET", "--features", "pixels"], "--features must be 'auto', 'unet' or 'latent'"),
 ])
 def test_bad_input_exits_2_with_a_message(model, wrong_shape_set, negation_file, tmp_path, args, message):
     files = {"WRONG": str(wrong_shape_set), "SET": str(negation_file)}

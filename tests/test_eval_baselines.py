@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, UNet2DModel
 
-from conftest import SD_SCHEDULER, tiny_vae
+from conftest import tiny_class_pipe
 from safedenoiser import NegationSet, SafeDenoiserError
 from safedenoiser.baselines import NegativeGuidance, RejectionSampler, SafetyGuidance, Spell
 from safedenoiser.baselines.spell import calibrate_radius, repel
@@ -110,21 +109,9 @@ def test_sld_refuses_unknown_presets_and_parameters():
         SafetyGuidance("medium", warmpu=3)
 
 
-def _tiny_class_pipe():
-    from safedenoiser.models.class_pipeline import FashionClassPipeline
-
-    torch.manual_seed(0)
-    unet = UNet2DModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4, num_class_embeds=11).eval()
-    pipe = FashionClassPipeline(unet=unet, vae=tiny_vae(), scheduler=DDIMScheduler(**SD_SCHEDULER))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 @pytest.mark.parametrize("labels,guidance", [([None, None], 1.0), ([3, 5], 2.5)])
 def test_guided_sample_with_zero_negative_weight_is_the_class_pipeline(labels, guidance):
-    pipe = _tiny_class_pipe()
+    pipe = tiny_class_pipe()
     kw = dict(num_inference_steps=3, guidance_scale=guidance, output_type="latent")
     ref = pipe(labels, generator=[torch.Generator().manual_seed(s) for s in (0, 1)], **kw).images
     ours = NegativeGuidance(0.0).sample(pipe, labels=labels, negative=2,
@@ -133,7 +120,7 @@ def test_guided_sample_with_zero_negative_weight_is_the_class_pipeline(labels, g
 
 
 def test_negative_class_guidance_changes_the_samples_and_checks_the_class():
-    pipe = _tiny_class_pipe()
+    pipe = tiny_class_pipe()
     kw = dict(labels=[None], num_inference_steps=2, guidance_scale=1.0)
     a = NegativeGuidance(0.0).sample(pipe, negative=2, generator=torch.Generator().manual_seed(0), **kw)
     b = NegativeGuidance(3.0).sample(pipe, negative=2, generator=torch.Generator().manual_seed(0), **kw)

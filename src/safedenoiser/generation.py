@@ -172,15 +172,17 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
              label: int | str | None = None, n: int | None = None, n_per_prompt: int | None = None,
              seed: int = 0, steps: int | None = None, guidance: float | None = None,
              negation: NegationSet | str | Path | None = None, preset: str | None = None,
-             latch: bool | None = None, batch_size: int = 4, device: str | None = None, dtype: str = "float32",
-             overwrite: bool = False, progress: bool = True) -> RunResult:
+             latch: bool | None = None, features: str | None = None, batch_size: int = 4,
+             device: str | None = None, dtype: str = "float32", overwrite: bool = False,
+             progress: bool = True) -> RunResult:
     """Generate a run's images into ``out_dir`` (see the module docstring), resuming what is there.
 
     ``model`` is a bundled name, a local diffusers folder or a hub id; pass ``pipe`` to reuse a
     loaded pipeline (``model`` then only names it in the records). ``label`` is for class models:
     a class index, or ``"none"`` for unconditional samples. ``negation`` (a set or its file) makes
     the run safe, with ``preset`` selecting the paper's rule and ``latch`` holding each image's
-    highest beta (`SafeDenoiser`'s ``latch``; ``None``: ``"auto"``, on under guidance). Raises
+    highest beta (`SafeDenoiser`'s ``latch``; ``None``: ``"auto"``, on under guidance) and ``features``
+    where a set with reference images measures closeness (`SafeDenoiser`'s; ``None``: ``"auto"``). Raises
     `SafeDenoiserError` for bad input, a different run in ``out_dir`` (unless ``overwrite``) or a
     negation set that does not fit the model.
     """
@@ -200,6 +202,11 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         flag = "--latch" if latch else "--no-latch"
         raise SafeDenoiserError(f"{flag} changes how a negation set is used; give --negation FILE too")
     latch = "auto" if latch is None else latch
+    if features is not None and negation is None:
+        raise SafeDenoiserError(f"--features {features} changes how a negation set is used; give --negation FILE too")
+    if features not in (None, "auto", "unet", "latent"):
+        raise SafeDenoiserError(f"--features must be 'auto', 'unet' or 'latent' (got {features!r})")
+    features = features or "auto"
     label_given, label = label is not None, parse_label(label)
     neg = NegationSet.load(negation) if isinstance(negation, (str, Path)) else negation
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -228,14 +235,14 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         "guidance": default_guidance if kind != "unconditional" else None,
         "seed": seed, "label": label, "n_per_prompt": n_per_prompt or (1 if n is None else None),
         "prompts_sha256": _prompts_digest(rows),
-        # safe runs record it: ones from before "auto" (key absent, latch off) are not resumed with it on
-        **({"latch": latch} if neg is not None else {}),
+        # safe runs record them: ones from before "auto" (keys absent) are not resumed with other settings
+        **({"latch": latch, "features": features} if neg is not None else {}),
     }
     safe = None
     if neg is not None:
         from safedenoiser.core.safe_denoiser import SafeDenoiser
 
-        safe = SafeDenoiser(neg, preset=preset, latch=latch)
+        safe = SafeDenoiser(neg, preset=preset, latch=latch, features=features)
         _check_negation_fits(safe, pipe)
     _prepare_dir(out_dir, settings, overwrite)
     done = _recover(out_dir)

@@ -41,6 +41,10 @@ def generate(
                                          "judged unsafe: stops concepts strong guidance redraws late, costs benign "
                                          "images near the concept. Default: on when guidance applies (guidance > 1 "
                                          "and a prompt or label) with a set built with --reference-images."),
+    features: Optional[str] = typer.Option(None, "--features", help="Where a set built with --reference-images "
+                                           "measures closeness: 'auto' (default: in the model's UNet features when "
+                                           "sampling without guidance, in the latents under guidance), 'unet' "
+                                           "(always the features: one more partial UNet pass per step) or 'latent'."),
     out: Path = typer.Option(Path("generated"), "--out", help="Output folder: images/, manifest.jsonl, run.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run found in --out."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per pipeline call (does not change them)."),
@@ -65,6 +69,7 @@ def generate(
         rows = [prompt]
     result = run(out, model=model, prompts=rows, label=label, n=n, n_per_prompt=n_per_prompt, seed=seed,
                  steps=steps, guidance=guidance, negation=negation, preset=preset, latch=latch,
-                 batch_size=batch_size, device=device, dtype=dtype, overwrite=overwrite, progress=not quiet)
+                 features=features, batch_size=batch_size, device=device, dtype=dtype, overwrite=overwrite,
+                 progress=not quiet)
     typer.echo(f"{out}: {result.generated} image(s) written, {result.skipped} already there, "
                f"{result.total} in the run; manifest {result.manifest}")

@@ -4,18 +4,23 @@ Given the negation set ``{y_n}`` (M unsafe examples) and ordinary reference samp
 ``K`` safe ones ``{r_k}`` and a prior ``b`` (the share of references that are negated), the
 posterior of ``x0`` given ``x_t`` is approximated by a kernel around ``D = D(x_t)``:
 
-    pi_n ∝ (b / M) k(D, y_n),    pi_k ∝ ((1 - b) / K) k(D, r_k),    k(D, y) = exp(-||D - y||^2 / (2 h_D^2))
+    pi_n ∝ (b / M) k(D, y_n),    pi_k ∝ ((1 - b) / K) k(D, r_k),
+    k(D, y) = exp(-||phi(D) - phi(y)||^2 / (2 h_D^2))
     beta = sum_n pi_n,    D_unsafe = sum_n pi'_n y_n / sum_n pi'_n,    D_safe = sum_k pi'_k r_k / sum_k pi'_k
 
-``h_D`` is ``width`` times the distance from ``D`` to its ``neighbours``-th nearest point of the two
-sets: it adapts to the noise level, since ``D`` is a blur of many images at high noise and close to
-one image at low noise. The means use ``pi'``, the same weights with a narrower ``h'_D``,
-``mean_width`` times that distance: under strong guidance ``D`` lies far from every image early on, where
-the wide kernel averages the latents of unlike images into a shapeless blob that guidance then turns
-into whatever looks most like it (a pullover, for Fashion-MNIST); the narrow one keeps ``D_safe``
-near the nearest safe images (benchmarks/model_estimators.py ``--mean-widths`` compares both). The
-safe denoiser then applies the identity's correction (DESIGN §1) in the form without the division
-by ``1 - beta``:
+``phi`` is where closeness is measured: the latents themselves, or the model's own features of them
+(``features``, e.g. `integrations.unet_features.UNetFeatures`), where images that look alike in the
+VAE's latents but differ in kind lie further apart (benchmarks/local_confusion.py; `SafeDenoiser`
+uses them for unguided sampling, benchmarks/model_estimators.py). The reference is labelled in the
+same space; the means are always of the latents. ``h_D`` is ``width`` times the distance from
+``phi(D)`` to its ``neighbours``-th nearest point of the two sets: it adapts to the noise level,
+since ``D`` is a blur of many images at high noise and close to one image at low noise. The means
+use ``pi'``, the same weights with a narrower ``h'_D``, ``mean_width`` times that distance: under
+strong guidance ``D`` lies far from every image early on, where the wide kernel averages the
+latents of unlike images into a shapeless blob that guidance then turns into whatever looks most
+like it (a pullover, for Fashion-MNIST); the narrow one keeps ``D_safe`` near the nearest safe
+images (benchmarks/model_estimators.py ``--mean-widths`` compares both). The safe denoiser then
+applies the identity's correction (DESIGN §1) in the form without the division by ``1 - beta``:
 
     D_safe(x_t) = D + w (D - D_unsafe) = D + beta (D_safe - D_unsafe)
 
@@ -32,6 +37,7 @@ component and attracts the samples there; the toys use the ``hybrid`` estimator.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -39,6 +45,8 @@ from torch import Tensor
 from safedenoiser.core.kernels import FlatSet, laid_out, softmax_weights, squared_distances, weighted_mean
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet
+
+Features = Callable[[Tensor], Tensor]  # latents [N, *sample_shape] -> features [N, F]
 
 DEFAULT_NEIGHBOURS = 10
 DEFAULT_WIDTH = 0.3
@@ -63,15 +71,16 @@ class LocalPosterior:
     (size-normalised) kernel density at them is at least ``label_ratio`` times the reference set's
     own (leave-one-out); the rest are the safe samples, and the negated share is the prior ``b``
     (benchmarks/local_confusion.py: which images of each class this labels and judges negated).
-    The default 1 also counts the negated concept's periphery, which guided sampling needs; without
-    guidance a larger ratio keeps the other classes' proportions better
-    (benchmarks/model_estimators.py ``--label-ratios``: 2 meets the unconditional target for 6 of 10
-    classes, 1 for 5, but lets more text prompts through).
+    The default 1 also counts the negated concept's periphery, which guided sampling needs; a larger
+    one lets more of the concept through (benchmarks/model_estimators.py ``--label-ratios``).
+
+    ``features``: ``None`` (default) measures distances in the latents, a function ``phi`` (latents
+    [N, *sample_shape] -> [N, F]) in its features; `with_features` gives the same estimator in others.
     """
 
     def __init__(self, negation: NegationSet, reference: Tensor, *, neighbours: int = DEFAULT_NEIGHBOURS,
                  width: float = DEFAULT_WIDTH, mean_width: float = DEFAULT_MEAN_WIDTH,
-                 label_ratio: float = DEFAULT_LABEL_RATIO):
+                 label_ratio: float = DEFAULT_LABEL_RATIO, features: Features | None = None):
         reference = torch.as_tensor(reference)
         if tuple(reference.shape[1:]) != negation.sample_shape:
             raise SafeDenoiserError(f"reference samples have shape {tuple(reference.shape[1:])}, the negation "
@@ -80,17 +89,32 @@ class LocalPosterior:
             raise SafeDenoiserError(f"the local estimator needs at least 2 reference samples, got {len(reference)}")
         if min(width, mean_width) <= 0:
             raise SafeDenoiserError(f"kernel widths must be positive, got width={width}, mean_width={mean_width}")
-        self.neighbours, self.width, self.mean_width = neighbours, width, mean_width
+        if features is not None and not callable(features):
+            raise SafeDenoiserError(f"features must be a function of the latents or None, got {features!r}")
+        self.neighbours, self.width, self.mean_width, self.label_ratio = neighbours, width, mean_width, label_ratio
+        self.sample_shape, self.features = negation.sample_shape, features
+        self._sets = negation, reference  # for `with_features`
         y = negation.latents.reshape(len(negation), -1).double()
         r = reference.reshape(len(reference), -1).double()
-        negated = self.reference_ratio(r, y) >= label_ratio
+        y_key, r_key = (y, r) if features is None else (self._phi(y).double(), self._phi(r).double())
+        negated = self.reference_ratio(r_key, y_key) >= self.label_ratio
         self.negated_reference = negated  # [K] bool: the reference samples counted as negated
         if negated.all():
             raise SafeDenoiserError(f"all {len(r)} reference samples lie in the negation set's region; give "
                                     "ordinary samples of the model (all kinds of images) as reference")
         self.prior = max(float(negated.double().mean()), 1.0 / len(r))
         self.points, self.split = torch.cat([y, r[~negated]]).float(), len(y)  # unsafe rows, then safe ones
+        self.keys = self.points if features is None else torch.cat([y_key, r_key[~negated]]).float()
         self._cache: dict[tuple[torch.device, torch.dtype], FlatSet] = {}
+        self._key_cache: dict[tuple[torch.device, torch.dtype], FlatSet] = {}
+
+    def with_features(self, features: Features | None) -> LocalPosterior:
+        """The same estimator (sets and settings) measuring closeness in ``features``."""
+        return LocalPosterior(*self._sets, neighbours=self.neighbours, width=self.width, mean_width=self.mean_width,
+                              label_ratio=self.label_ratio, features=features)
+
+    def _phi(self, flat: Tensor) -> Tensor:
+        return self.features(flat.reshape(len(flat), *self.sample_shape)).reshape(len(flat), -1)
 
     @property
     def unsafe(self) -> Tensor:
@@ -118,7 +142,11 @@ class LocalPosterior:
     def __call__(self, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(beta [B], D_unsafe [B, D], D_safe [B, D])`` for flat estimates ``d`` [B, D]."""
         points, m = laid_out(self._cache, self.points, d.device, d.dtype), self.split  # unsafe rows, then safe
-        sq = squared_distances(d, points)
+        if self.features is None:
+            keys, query = points, d
+        else:
+            keys, query = laid_out(self._key_cache, self.keys, d.device, d.dtype), self._phi(d).to(d.dtype)
+        sq = squared_distances(query, keys)
         neighbour_sq = _neighbour_sq(sq, self.neighbours)
         logits = _adaptive_logits(sq, neighbour_sq, self.width)
         log_u = torch.logsumexp(logits[:, :m], 1) + math.log(self.prior / m)

@@ -11,7 +11,7 @@ denoiser into the safe one, and `SafeDenoiser.attach` does the same inside a dif
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import torch
 from torch import Tensor
@@ -23,6 +23,9 @@ from safedenoiser.core.parametrization import per_sample
 from safedenoiser.core.presets import resolve_preset
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet, UnsafePosterior
+
+if TYPE_CHECKING:
+    from safedenoiser.integrations.unet_features import UNetFeatures
 
 Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -82,8 +85,8 @@ def latched_beta(beta: Tensor, earlier: Tensor) -> Tensor:
 
 @dataclass
 class StepRecord:
-    """What the safe denoiser did at one call: noise level, beta (or kernel mass), how many acted and
-    whether the latch held beta."""
+    """What the safe denoiser did at one call: noise level, beta (or kernel mass), how many acted,
+    whether the latch held beta and whether the local estimator measured in the model's features."""
 
     sigma: float
     alpha: float
@@ -93,6 +96,7 @@ class StepRecord:
     batch: int
     timestep: float | None = None
     latched: bool = False
+    in_features: bool = False
 
 
 @dataclass
@@ -130,17 +134,26 @@ class SafeDenoiser:
             guided=True)``; `attach` reads the pipeline's ``do_classifier_free_guidance``), off
             otherwise and for the other estimators. ``True`` / ``False``: always / never.
         smoothing: kernel width ``h`` of the unsafe posterior; ``None`` takes the set's calibrated one.
+        features: where the local estimator measures closeness once attached to a pipeline
+            (`bind`): ``"auto"`` (default) in the pipeline's UNet features (`UNetFeatures`) while it
+            samples without classifier-free guidance, in the latents under guidance;
+            ``"unet"`` in the UNet features always; ``"latent"`` in the latents always.
         params: the paper rule's ``h``, ``s``, ``window``, ``tau`` (override a preset's values).
     """
 
     def __init__(self, negation: NegationSet | UnsafeModel, *, preset: str | None = None,
                  beta: str | BetaEstimator = "auto", reference: Tensor | None = None,
                  max_weight: float | None = None, min_weight: float = DEFAULT_MIN_WEIGHT,
-                 smoothing: float | None = None, latch: bool | str = "auto", **params: float):
+                 smoothing: float | None = None, latch: bool | str = "auto", features: str = "auto",
+                 **params: float):
         if not (isinstance(latch, bool) or latch == "auto"):  # 1 or "on" would pass `in (True, False)`
             raise SafeDenoiserError(f"latch must be True, False or 'auto', got {latch!r}")
+        if features not in ("auto", "unet", "latent"):
+            raise SafeDenoiserError(f"features must be 'auto', 'unet' or 'latent', got {features!r}")
         self.negation = negation
-        self.latch = latch
+        self.latch, self.features = latch, features
+        self._unet_features: UNetFeatures | None = None  # of the pipeline `bind` last saw
+        self._in_features: LocalPosterior | None = None  # the local estimator in them, built when first needed
         self._latched: tuple[Tensor, float] | None = None  # (beta so far, noise level sigma/alpha of the last call)
         self.max_weight, self.min_weight = DEFAULT_MAX_WEIGHT if max_weight is None else max_weight, min_weight
         self.trace: list[StepRecord] = []
@@ -197,12 +210,13 @@ class SafeDenoiser:
         batch = x.shape[0]
         a = torch.as_tensor(alpha, dtype=dtype, device=x.device).expand(batch)
         s = torch.as_tensor(sigma, dtype=dtype, device=x.device).expand(batch)
-        latch = False
+        latch, local = False, None
         if self.paper is not None:
             x0, beta, acted = self.paper(x, a, s, d)
             renoise = True
         elif isinstance(self.beta, LocalPosterior):
-            beta, d_unsafe, d_safe = self.beta(d.reshape(batch, -1))
+            local = self._local_in_features() if self.features == "unet" or not guided else None
+            beta, d_unsafe, d_safe = (local or self.beta)(d.reshape(batch, -1))
             latch = self.latch is True or (self.latch == "auto" and guided)
             if latch:
                 beta = self._latch(beta, float(s[0] / a[0]))
@@ -216,8 +230,28 @@ class SafeDenoiser:
             renoise = False
         self.trace.append(StepRecord(sigma=float(s[0]), alpha=float(a[0]), beta_mean=float(beta.mean()),
                                      beta_max=float(beta.max()), acted=int(acted.sum()), batch=batch,
-                                     latched=latch))
+                                     latched=latch, in_features=local is not None))
         return Correction(x0.to(x0_hat.dtype), beta, acted, renoise)
+
+    def bind(self, pipe) -> None:
+        """Give the local estimator ``pipe``'s UNet features as ``features`` asks (`attach` calls this).
+        The sets' features are computed at the first step that uses them, once per UNet object (one
+        changed in place, e.g. fine-tuned, needs a new `SafeDenoiser`). An estimator that brings its
+        own features keeps them."""
+        from safedenoiser.integrations.unet_features import UNetFeatures
+
+        local = getattr(self, "beta", None)
+        if self.features == "latent" or not isinstance(local, LocalPosterior) or local.features is not None:
+            return
+        if self._unet_features is not None and self._unet_features.unet is getattr(pipe, "unet", None):
+            return
+        self._unet_features = UNetFeatures(pipe) if self.features == "unet" else UNetFeatures.of(pipe)
+        self._in_features = None
+
+    def _local_in_features(self) -> LocalPosterior | None:
+        if self._in_features is None and self._unet_features is not None:
+            self._in_features = self.beta.with_features(self._unet_features)
+        return self._in_features
 
     def _latch(self, beta: Tensor, level: float) -> Tensor:
         """`latched_beta` against this trajectory's earlier steps; a new trajectory starts when the

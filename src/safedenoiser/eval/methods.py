@@ -8,7 +8,9 @@ Every method samples the same requests with the same seeds (the same initial noi
     spell          sparse repellency, `Spell` (radius: the set's 0.9-quantile NN distance)
     safe           `SafeDenoiser(negation)`: the library default
     safe-ref       `SafeDenoiser(negation, reference=..., latch=False)`: with ordinary samples as reference
-                   (`LocalPosterior`), without the latch: the default for unguided sampling
+                   (`LocalPosterior`), without the latch: the default for unguided sampling; closeness
+                   measured as ``features="auto"`` does (the UNet's features without guidance, the
+                   latents under it)
     safe-ref-latch the same with ``latch=True`` (each sample's highest beta along its trajectory): the
                    default (``latch="auto"``) under classifier-free guidance
     safe-paper     `SafeDenoiser(negation, h=..., s=..., window=...)`: the authors' rule

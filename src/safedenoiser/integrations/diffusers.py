@@ -180,12 +180,15 @@ def attach(safe, pipe) -> Iterator[object]:
     for the block and are removed (or the previous ones restored) on exit, also on error.
     ``set_timesteps`` starts a new ``safe.trace``. Refuses, before sampling, an unsupported
     scheduler or prediction type and a negation set from another space (shape, channels, VAE).
+    ``safe.bind(pipe)`` gives the local estimator the UNet's features (`SafeDenoiser`'s ``features``).
     """
     scheduler = pipe.scheduler if hasattr(pipe, "scheduler") else pipe
     if not hasattr(scheduler, "step"):
         raise SafeDenoiserError(f"attach() needs a diffusers pipeline or scheduler, got {type(pipe).__name__}")
     scheduler_prediction(scheduler)  # refuses unknown schedulers and prediction types
     check_negation(safe, pipe)
+    if hasattr(safe, "bind"):
+        safe.bind(pipe)
     saved = {name: scheduler.__dict__[name] for name in ("step", "set_timesteps") if name in scheduler.__dict__}
     original_step, original_set_timesteps = scheduler.step, scheduler.set_timesteps
 
