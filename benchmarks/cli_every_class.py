@@ -6,10 +6,11 @@ For each class k: `negation build` from 200 real test-split images of k (referen
 `--no-latch`, on held-out prompts asking for k directly, by paraphrase and indirectly, plus the
 held-out direct prompts of the other classes. The bundled classifier judges the PNGs. Target:
 vanilla direct >= 60%, safe <= 5% in every group of k, other classes' on-class accuracy within 5
-points of vanilla. Prints and writes the table to --out.
+points of vanilla. ``--features`` passes `generate --features` to both safe runs (default: none,
+i.e. ``auto``). Prints and writes the table to --out.
 
     python benchmarks/cli_every_class.py [--classes 0 1 ...] [--n-per-prompt 2] [--reference-size 500]
-        [--work DIR] [--out FILE]
+        [--features unet] [--work DIR] [--out FILE]
 
 The commands write into a fresh temporary folder (removed at the end), or into --work DIR, which must
 be new or empty: `generate` resumes a folder that holds the same run, so old images would be reused.
@@ -80,7 +81,7 @@ def share(records: list[dict], group: str, cls: int | None = None) -> float:
 
 
 def run_class(k: int, images: torch.Tensor, labels: torch.Tensor, reference: Path, work: Path,
-              n_per_prompt: int) -> dict:
+              n_per_prompt: int, features: str | None) -> dict:
     """Build, generate vanilla and safe, judge; the class's numbers."""
     folder = export_pngs(images[labels == k][:N_CLASS_IMAGES], work / f"class{k}" / "images")
     neg = work / f"class{k}" / "set.safetensors"
@@ -89,8 +90,8 @@ def run_class(k: int, images: torch.Tensor, labels: torch.Tensor, reference: Pat
     prompts = prompt_map(k)
     prompt_file = work / f"class{k}" / "prompts.jsonl"
     prompt_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    runs = {}
-    for method, extra in (("vanilla", ()), *((m, ("--negation", neg, *flags)) for m, flags in SAFE_RUNS.items())):
+    runs, chosen = {}, ("--negation", neg, *(("--features", features) if features else ()))
+    for method, extra in (("vanilla", ()), *((m, (*chosen, *flags)) for m, flags in SAFE_RUNS.items())):
         out = work / f"class{k}" / method.replace(" ", "")
         cli("generate", "--model", MODEL, "--prompts", prompt_file, "--n-per-prompt", n_per_prompt, "--seed", 0,
             *extra, "--out", out, "--overwrite", "-q")
@@ -134,6 +135,8 @@ def main() -> None:
     parser.add_argument("--n-per-prompt", type=int, default=2)
     parser.add_argument("--reference-size", type=int, default=N_REFERENCE,
                         help="test-split images of all classes given as --reference-images")
+    parser.add_argument("--features", choices=["auto", "unet", "latent"],
+                        help="generate --features for the safe runs")
     parser.add_argument("--work", type=Path, help="keep the commands' files here (a new or empty folder)")
     parser.add_argument("--out", type=Path, default=Path("docs/results/cli_every_class.md"))
     args = parser.parse_args()
@@ -155,7 +158,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     rows = {}
     for k in args.classes:
         t0 = time.time()
-        rows[k] = run_class(k, images, labels, reference, work, args.n_per_prompt)
+        rows[k] = run_class(k, images, labels, reference, work, args.n_per_prompt, args.features)
         print(f"class {k} ({CLASS_NAMES[k]}): " + ", ".join(
             f"{m} {'holds' if rows[k][f'{m} holds'] else 'misses'}" for m in SAFE_RUNS) + f", {time.time() - t0:.0f} s",
             flush=True)
@@ -166,9 +169,10 @@ def run(args: argparse.Namespace, work: Path) -> None:
              f"{MODEL}` from {N_CLASS_IMAGES} test-split PNGs of the class with {args.reference_size} test-split "
              "PNGs of all "
              f"classes (seed 0) as `--reference-images`, then `safe-denoiser generate` (the model's default steps "
-             f"and guidance, seed 0) without `--negation`, with it (default flags: the latch is on under the "
-             f"model's guidance) and with it and `--no-latch`, {len(groups)} held-out prompts x "
-             f"{args.n_per_prompt} images: the class's direct, paraphrase and indirect prompts "
+             f"and guidance, seed 0) without `--negation`, with it ("
+             + (f"`--features {args.features}`" if args.features else "default flags")
+             + f": the latch is on under the model's guidance) and with it and `--no-latch`, {len(groups)} held-out "
+             f"prompts x {args.n_per_prompt} images: the class's direct, paraphrase and indirect prompts "
              f"({per_group['direct']} images per group) "
              f"and the other classes' direct ones ({per_group['other']} images). "
              f"Judged by the bundled classifier. Columns: share judged as the class; the other classes' on-class "

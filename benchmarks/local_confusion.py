@@ -6,9 +6,12 @@ scenario). At 500 held-out test images of every class (test split, images 500-99
 set) it evaluates `LocalPosterior`'s beta with the image itself as the estimate ``D`` (the last step
 of a trajectory that ends there), and it counts which reference images the estimator labels negated
 (they leave the safe side). No sampling: this separates what the latent geometry and the labelling
-allow from what guidance does. Prints and writes docs/results/local_confusion.md.
+allow from what guidance does. ``--features`` measures closeness in the latents (``latent``), in
+the text model's UNet features (``unet``, `UNetFeatures`: what the safe denoiser attached to the
+pipeline uses) or both, one table each. Prints and writes docs/results/local_confusion.md.
 
-    python benchmarks/local_confusion.py [--label-ratios 1 2] [--reference-size 500] [--out FILE]
+    python benchmarks/local_confusion.py [--label-ratios 1 2] [--features latent unet] [--reference-size 500]
+        [--out FILE]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 
 from safedenoiser.core.local import DEFAULT_LABEL_RATIO, LocalPosterior
 from safedenoiser.eval.scenarios import NEGATION_SIZE, REFERENCE_SIZE, encode_latents, reference_images
+from safedenoiser.integrations.unet_features import UNetFeatures
 from safedenoiser.models import load_fashion_mnist, load_pipeline
 from safedenoiser.models.data import CLASS_NAMES
 from safedenoiser.negation import NegationSet
@@ -31,10 +35,12 @@ from safedenoiser.negation import NegationSet
 def confusion(negation: dict[int, torch.Tensor], reference: torch.Tensor, reference_labels: torch.Tensor,
               held_out: dict[int, torch.Tensor], label_ratio: float) -> list[list[str]]:
     """One row per negated class: mean beta (share above 0.5) at each class's held-out images, then
-    the share of the negated class's and of the other classes' reference images labelled negated."""
+    the share of the negated class's and of the other classes' reference images labelled negated.
+    The sets are given in the space where closeness is measured (latents, or their features: beta and
+    the labelling of `LocalPosterior(..., features=phi)` are those of `LocalPosterior` on the features)."""
     rows = []
-    for k, latents in negation.items():
-        local = LocalPosterior(NegationSet(latents), reference, label_ratio=label_ratio)
+    for k, points in negation.items():
+        local = LocalPosterior(NegationSet(points), reference, label_ratio=label_ratio)
         cells = []
         for c in range(10):
             beta = local(held_out[c].flatten(1))[0]
@@ -50,6 +56,7 @@ def confusion(negation: dict[int, torch.Tensor], reference: torch.Tensor, refere
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label-ratios", type=float, nargs="+", default=[DEFAULT_LABEL_RATIO])
+    parser.add_argument("--features", nargs="+", choices=["latent", "unet"], default=["latent", "unet"])
     parser.add_argument("--reference-size", type=int, default=REFERENCE_SIZE)
     parser.add_argument("--out", type=Path, default=Path("docs/results/local_confusion.md"))
     args = parser.parse_args()
@@ -74,13 +81,18 @@ def main() -> None:
              "takes for it: a benign request that ends there is corrected anyway. The last columns: the "
              "share of reference images labelled negated (of the negated class itself, of all others), "
              "and the prior b that labelling gives (the negated class is about 10% of the reference)."]
-    for ratio in args.label_ratios:
-        rows = confusion(negation, reference, ref_labels, held_out, ratio)
-        lines += ["", f"## label ratio {ratio:g}" + (" (the default)" if ratio == DEFAULT_LABEL_RATIO else ""), "",
-                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        for row in rows:
-            print(ratio, " | ".join(row), flush=True)
+    spaces = {"latent": ("the latents", lambda x: x.flatten(1)), "unet": ("the UNet's features", UNetFeatures(pipe))}
+    for space in args.features:
+        title, phi = spaces[space]
+        sets = ({c: phi(x) for c, x in negation.items()}, phi(reference), {c: phi(x) for c, x in held_out.items()})
+        for ratio in args.label_ratios:
+            rows = confusion(sets[0], sets[1], ref_labels, sets[2], ratio)
+            default = {"unet": " (the default without guidance)", "latent": " (the default under guidance)"}[space]
+            lines += ["", f"## {title}, label ratio {ratio:g}" + (default if ratio == DEFAULT_LABEL_RATIO else ""), "",
+                      "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(row) + " |" for row in rows]
+            for row in rows:
+                print(space, ratio, " | ".join(row), flush=True)
     lines += ["", f"{time.time() - start:.0f} s on {torch.get_num_threads()} CPU threads."]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

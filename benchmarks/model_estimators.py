@@ -4,18 +4,20 @@ For each negated class: the text scenario (`fashion-text`, held-out prompts aski
 directly, by paraphrase and indirectly, plus prompts for the other classes) and the unconditional
 scenario (`fashion-class`, null label). Every estimator samples the same requests with the same seeds;
 the negation set is real test-split images of the class, the reference 500 training images of all
-classes. Prints and writes docs/results/model_estimators.md.
+classes. The local estimator's rows measure closeness in the latents (``latent``) or in the UNet's
+features (``unet``). Prints and writes docs/results/model_estimators.md.
 
     python benchmarks/model_estimators.py [--text-n 120] [--unconditional-n 300] [--classes 0 1 ...]
-        [--estimators local ...] [--label-ratios 2 3 ...] [--mean-widths 0.3 ...]
+        [--estimators "local, unet" ...] [--label-ratios 2 3 ...] [--mean-widths 0.3 ...]
         [--reference-sizes 2000 ...] [--out FILE]
 
-``--label-ratios`` adds rows of the local estimator with other thresholds for labelling reference
-samples as negated (`LocalPosterior`'s ``label_ratio``; 1 by default). ``--mean-widths`` adds rows
-of the local estimator, with and without the latch, whose posterior means use another kernel width
-(``mean_width``; `local.DEFAULT_MEAN_WIDTH` by default). ``--reference-sizes`` adds rows of the
-local estimator, with and without the latch, whose reference is that many training images (the
-first of the same random draw, so they include the default 500).
+The other rows take the default ``features="auto"``. ``--label-ratios`` adds rows of the local
+estimator with other thresholds for labelling reference samples as negated (`LocalPosterior`'s
+``label_ratio``; 1 by default). ``--mean-widths`` adds rows of the local estimator, with and without
+the latch, whose posterior means use another kernel width (``mean_width``;
+`local.DEFAULT_MEAN_WIDTH` by default). ``--reference-sizes`` adds rows of the local estimator, with
+and without the latch, whose reference is that many training images (the first of the same random
+draw, so they include the default 500).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from safedenoiser.eval.scenarios import (REFERENCE_SIZE, Scenario, reference_lat
 from safedenoiser.integrations.encode import vae_fingerprint
 
 # row name -> SafeDenoiser arguments
-ESTIMATORS = {"gate": {"beta": "gate"}, "hybrid": {"beta": "hybrid"}, "local": {"beta": "local", "latch": False},
-              "local, latch": {"beta": "local", "latch": True}}
+ESTIMATORS = {"gate": {"beta": "gate"}, "hybrid": {"beta": "hybrid"},
+              **{f"local{', latch' if latch else ''}, {space}": {"beta": "local", "latch": latch, "features": space}
+                 for space in ("latent", "unet") for latch in (False, True)}}
 # the columns of `eval.methods.measure` shown here, and their headings
 COLUMNS = {"unsafe[direct]": "unsafe direct", "unsafe[paraphrase]": "unsafe paraphrase",
            "unsafe[indirect]": "unsafe indirect", "unsafe[benign]": "unsafe benign", "unsafe[all]": "unsafe",
@@ -137,7 +140,11 @@ def main() -> None:
              "gate), `local` (x0-space local posterior, core/local.py; the default with a reference, here with "
              "`latch=False`), `local, latch` (`latch=True`: each sample's highest beta so far along its trajectory "
              "instead of each step's own, `latched_beta`, and the correction `held_safe_denoise`; what the default "
-             "`latch=\"auto\"` does under guidance, i.e. in the text rows). The posterior means of `local` use "
+             "`latch=\"auto\"` does under guidance, i.e. in the text rows). `latent`: closeness measured in the "
+             "VAE latents (`features=\"latent\"`); `unet`: in the UNet's features (`features=\"unet\"`, "
+             "`UNetFeatures`). The default `features=\"auto\"` is `unet` without guidance (the unconditional rows) "
+             "and `latent` under guidance (the text rows); so are the `label ratio`, `mean width` and `reference` "
+             "rows. The posterior means of `local` use "
              f"the narrow kernel width `mean_width = {DEFAULT_MEAN_WIDTH}` (core/local.py); the `mean width` rows use "
              "another. FD: Fréchet distance of the classifier's features, benign samples against real images of "
              "their classes (text), samples against real images of the other classes (unconditional).", ""]
