@@ -47,8 +47,10 @@ class UNetFeatures:
     @classmethod
     def of(cls, pipe) -> UNetFeatures | None:
         """The features of ``pipe``'s UNet, or ``None`` where it has none we support."""
-        unet = getattr(pipe, "unet", None)
-        return cls(pipe) if _has_up_blocks(unet) and _null_conditioning(pipe, unet) is not None else None
+        try:
+            return cls(pipe)
+        except SafeDenoiserError:
+            return None
 
     @torch.no_grad()
     def __call__(self, latents: Tensor) -> Tensor:
@@ -90,7 +92,8 @@ def _null_conditioning(pipe, unet) -> Callable[[int], dict] | None:
     if "cross_attention_dim" in config:  # UNet2DConditionModel
         if not hasattr(pipe, "encode_prompt"):
             return None
-        empty = pipe.encode_prompt("", unet.device, 1, False)[0].to(unet.dtype)
+        with torch.no_grad():
+            empty = pipe.encode_prompt("", unet.device, 1, False)[0].to(unet.dtype)
         return lambda batch: {"encoder_hidden_states": empty.expand(batch, -1, -1)}
     if getattr(config, "num_class_embeds", None) is None and getattr(config, "class_embed_type", None) is None:
         return lambda batch: {}
