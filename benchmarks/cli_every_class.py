@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from safedenoiser.core.safe_denoiser import FEATURE_SPACES
 from safedenoiser.demo import judge
 from safedenoiser.generation import read_manifest
 from safedenoiser.models import load_fashion_mnist
@@ -135,7 +136,7 @@ def main() -> None:
     parser.add_argument("--n-per-prompt", type=int, default=2)
     parser.add_argument("--reference-size", type=int, default=N_REFERENCE,
                         help="test-split images of all classes given as --reference-images")
-    parser.add_argument("--features", choices=["auto", "unet", "latent"],
+    parser.add_argument("--features", choices=FEATURE_SPACES,
                         help="generate --features for the safe runs")
     parser.add_argument("--work", type=Path, help="keep the commands' files here (a new or empty folder)")
     parser.add_argument("--out", type=Path, default=Path("docs/results/cli_every_class.md"))

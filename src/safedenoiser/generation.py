@@ -204,7 +204,9 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     latch = "auto" if latch is None else latch
     if features is not None and negation is None:
         raise SafeDenoiserError(f"--features {features} changes how a negation set is used; give --negation FILE too")
-    if features not in (None, "auto", "unet", "latent"):
+    from safedenoiser.core.safe_denoiser import FEATURE_SPACES, SafeDenoiser
+
+    if features is not None and features not in FEATURE_SPACES:
         raise SafeDenoiserError(f"--features must be 'auto', 'unet' or 'latent' (got {features!r})")
     features = features or "auto"
     label_given, label = label is not None, parse_label(label)
@@ -240,8 +242,6 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     }
     safe = None
     if neg is not None:
-        from safedenoiser.core.safe_denoiser import SafeDenoiser
-
         safe = SafeDenoiser(neg, preset=preset, latch=latch, features=features)
         _check_negation_fits(safe, pipe)
     _prepare_dir(out_dir, settings, overwrite)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
 
+FEATURE_SPACES = ("auto", "unet", "latent")  # SafeDenoiser's ``features``
 DEFAULT_MAX_WEIGHT = 20.0
 DEFAULT_MIN_WEIGHT = 1e-4
 
@@ -148,7 +149,7 @@ class SafeDenoiser:
                  **params: float):
         if not (isinstance(latch, bool) or latch == "auto"):  # 1 or "on" would pass `in (True, False)`
             raise SafeDenoiserError(f"latch must be True, False or 'auto', got {latch!r}")
-        if features not in ("auto", "unet", "latent"):
+        if features not in FEATURE_SPACES:
             raise SafeDenoiserError(f"features must be 'auto', 'unet' or 'latent', got {features!r}")
         self.negation = negation
         self.latch, self.features = latch, features
