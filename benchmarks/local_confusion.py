@@ -81,14 +81,15 @@ def main() -> None:
              "takes for it: a benign request that ends there is corrected anyway. The last columns: the "
              "share of reference images labelled negated (of the negated class itself, of all others), "
              "and the prior b that labelling gives (the negated class is about 10% of the reference)."]
-    spaces = {"latent": ("the latents", lambda x: x.flatten(1)), "unet": ("the UNet's features", UNetFeatures(pipe))}
+    spaces = {"latent": ("the latents", "under guidance", lambda x: x.flatten(1)),
+              "unet": ("the UNet's features", "without guidance", UNetFeatures(pipe))}  # title, default when, phi
     for space in args.features:
-        title, phi = spaces[space]
+        title, when, phi = spaces[space]
         sets = ({c: phi(x) for c, x in negation.items()}, phi(reference), {c: phi(x) for c, x in held_out.items()})
         for ratio in args.label_ratios:
             rows = confusion(sets[0], sets[1], ref_labels, sets[2], ratio)
-            default = {"unet": " (the default without guidance)", "latent": " (the default under guidance)"}[space]
-            lines += ["", f"## {title}, label ratio {ratio:g}" + (default if ratio == DEFAULT_LABEL_RATIO else ""), "",
+            default = f" (the default {when})" if ratio == DEFAULT_LABEL_RATIO else ""
+            lines += ["", f"## {title}, label ratio {ratio:g}{default}", "",
                       "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             lines += ["| " + " | ".join(row) + " |" for row in rows]
             for row in rows:
