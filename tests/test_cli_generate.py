@@ -316,6 +316,7 @@ def wrong_shape_set(tmp_path_factory) -> Path:
     (["--prompt", "a", "--latch"], "--latch changes how a negation set is used; give --negation FILE too"),
     (["--prompt", "a", "--no-latch"], "--no-latch changes how a negation set is used; give --negation FILE too"),
     (["--prompt", "a", "--negation", "SET", "--latch"], "latch holds the local estimator's beta"),
+    (["--prompt", "a", "--negation", "SET", "--features", "unet"], "features='unet' is for the local estimator"),
     (["--prompt", "a", "--features", "latent"], "--features latent changes how a negation set is used"),
     (["--prompt", "a", "--negation", "SET", "--features", "pixels"], "--features must be 'auto', 'unet' or 'latent'"),
 ])

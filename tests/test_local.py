@@ -173,12 +173,18 @@ def test_latch_by_default_only_under_guidance(sets):
     assert (off.correct(safe_d, 0.9, 0.3, safe_d, guided=True).beta < 0.01).all() and not off.trace[-1].latched
 
 
-def test_latch_is_refused_where_there_is_no_local_beta_to_hold(sets):
+def test_latch_and_unet_features_are_refused_where_there_is_no_local_beta(sets):
     negation, _ = sets
     with pytest.raises(SafeDenoiserError, match="latch holds the local estimator's beta"):
         SafeDenoiser(negation, latch=True)
     with pytest.raises(SafeDenoiserError, match="the paper rule has none"):
         SafeDenoiser(negation, preset="sd14-nudity", latch=True)
+    # so are the UNet features, which only the local estimator reads; "latent" is what the others do anyway
+    with pytest.raises(SafeDenoiserError, match="features='unet' is for the local estimator"):
+        SafeDenoiser(negation, features="unet")
+    with pytest.raises(SafeDenoiserError, match="features='unet' is for the local estimator"):
+        SafeDenoiser(negation, preset="sd14-nudity", features="unet")
+    assert SafeDenoiser(negation, features="latent").features == "latent"
     for bad in ("on", 1):
         with pytest.raises(SafeDenoiserError, match="latch must be True, False or 'auto'"):
             SafeDenoiser(negation, latch=bad)

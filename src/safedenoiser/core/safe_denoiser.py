@@ -138,7 +138,8 @@ class SafeDenoiser:
         features: where the local estimator measures closeness once attached to a pipeline
             (`bind`): ``"auto"`` (default) in the pipeline's UNet features (`UNetFeatures`) while it
             samples without classifier-free guidance, in the latents under guidance;
-            ``"unet"`` in the UNet features always; ``"latent"`` in the latents always.
+            ``"unet"`` in the UNet features always (refused by the other estimators and the paper
+            rule, which measure in the latents); ``"latent"`` in the latents always.
         params: the paper rule's ``h``, ``s``, ``window``, ``tau`` (override a preset's values).
     """
 
@@ -161,6 +162,9 @@ class SafeDenoiser:
         self.paper: PaperRule | None = None
         if latch is True and (preset is not None or params):
             raise SafeDenoiserError("latch is for the local estimator; the paper rule has none")
+        if features == "unet" and (preset is not None or params):
+            raise SafeDenoiserError("features='unet' is for the local estimator; the paper rule measures closeness "
+                                    "in the latents")
         if preset is not None or params:
             if not isinstance(negation, NegationSet):
                 raise SafeDenoiserError("the paper rule needs a NegationSet")
@@ -168,9 +172,14 @@ class SafeDenoiser:
             return
         self.smoothing = (negation.bandwidth if isinstance(negation, NegationSet) else 0.0) if smoothing is None else smoothing
         self.beta = self._make_estimator(beta, reference)
-        if latch is True and not isinstance(self.beta, LocalPosterior):
-            raise SafeDenoiserError("latch holds the local estimator's beta: give reference samples (reference=..., "
-                                    "or a set built with --reference-images) and beta='auto' or 'local'")
+        if not isinstance(self.beta, LocalPosterior):
+            if latch is True:
+                raise SafeDenoiserError("latch holds the local estimator's beta: give reference samples (reference=..., "
+                                        "or a set built with --reference-images) and beta='auto' or 'local'")
+            if features == "unet":
+                raise SafeDenoiserError("features='unet' is for the local estimator; the others measure closeness in "
+                                        "the latents: give reference samples (reference=..., or a set built with "
+                                        "--reference-images) and beta='auto' or 'local'")
         if max_weight is None:
             self.max_weight = getattr(self.beta, "max_weight", DEFAULT_MAX_WEIGHT)
         # a gate over this very set reads the clean log-mass of D(x_t) from the posterior's pass over the set
