@@ -8,7 +8,8 @@ of a trajectory that ends there), and it counts which reference images the estim
 (they leave the safe side). No sampling: this separates what the latent geometry and the labelling
 allow from what guidance does. ``--features`` measures closeness in the latents (``latent``), in
 the text model's UNet features (``unet``, `UNetFeatures`: what the safe denoiser attached to the
-pipeline uses) or both, one table each. Prints and writes docs/results/local_confusion.md.
+pipeline uses, the reference labelled in both spaces as `LocalPosterior` does with features) or
+both, one table each. Prints and writes docs/results/local_confusion.md.
 
     python benchmarks/local_confusion.py [--label-ratios 1 2] [--features latent unet] [--reference-size 500]
         [--out FILE]
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from safedenoiser.core.local import DEFAULT_LABEL_RATIO, LocalPosterior
+from safedenoiser.core.local import DEFAULT_LABEL_RATIO, Features, LocalPosterior
 from safedenoiser.eval.scenarios import NEGATION_SIZE, REFERENCE_SIZE, encode_latents, reference_images
 from safedenoiser.integrations.unet_features import UNetFeatures
 from safedenoiser.models import load_fashion_mnist, load_pipeline
@@ -32,15 +33,29 @@ from safedenoiser.models.data import CLASS_NAMES
 from safedenoiser.negation import NegationSet
 
 
+class Precomputed:
+    """``phi`` read from a table computed once, in batches, for every image the benchmark shows the
+    estimator (exact rows): `LocalPosterior` asks for the features of the same images many times."""
+
+    def __init__(self, phi: Features, *latents: torch.Tensor):
+        self.table = {_row_key(row): f for x in latents for row, f in zip(x, phi(x))}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.table[_row_key(row)] for row in x])
+
+
+def _row_key(row: torch.Tensor) -> bytes:
+    return row.float().contiguous().numpy().tobytes()
+
+
 def confusion(negation: dict[int, torch.Tensor], reference: torch.Tensor, reference_labels: torch.Tensor,
-              held_out: dict[int, torch.Tensor], label_ratio: float) -> list[list[str]]:
+              held_out: dict[int, torch.Tensor], label_ratio: float, features: Features | None) -> list[list[str]]:
     """One row per negated class: mean beta (share above 0.5) at each class's held-out images, then
-    the share of the negated class's and of the other classes' reference images labelled negated.
-    The sets are given in the space where closeness is measured (latents, or their features: beta and
-    the labelling of `LocalPosterior(..., features=phi)` are those of `LocalPosterior` on the features)."""
+    the share of the negated class's and of the other classes' reference images labelled negated,
+    by `LocalPosterior` measuring closeness in ``features`` (None: the latents)."""
     rows = []
     for k, points in negation.items():
-        local = LocalPosterior(NegationSet(points), reference, label_ratio=label_ratio)
+        local = LocalPosterior(NegationSet(points), reference, label_ratio=label_ratio, features=features)
         cells = []
         for c in range(10):
             beta = local(held_out[c].flatten(1))[0]
@@ -81,13 +96,13 @@ def main() -> None:
              "takes for it: a benign request that ends there is corrected anyway. The last columns: the "
              "share of reference images labelled negated (of the negated class itself, of all others), "
              "and the prior b that labelling gives (the negated class is about 10% of the reference)."]
-    spaces = {"latent": ("the latents", "under guidance", lambda x: x.flatten(1)),
-              "unet": ("the UNet's features", "without guidance", UNetFeatures(pipe))}  # title, default when, phi
+    spaces = {"latent": ("the latents", "under guidance"), "unet": ("the UNet's features", "without guidance")}
     for space in args.features:
-        title, when, phi = spaces[space]
-        sets = ({c: phi(x) for c, x in negation.items()}, phi(reference), {c: phi(x) for c, x in held_out.items()})
+        title, when = spaces[space]
+        features = None if space == "latent" else Precomputed(UNetFeatures(pipe), reference, *negation.values(),
+                                                                *held_out.values())
         for ratio in args.label_ratios:
-            rows = confusion(sets[0], sets[1], ref_labels, sets[2], ratio)
+            rows = confusion(negation, reference, ref_labels, held_out, ratio, features)
             default = f" (the default {when})" if ratio == DEFAULT_LABEL_RATIO else ""
             lines += ["", f"## {title}, label ratio {ratio:g}{default}", "",
                       "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

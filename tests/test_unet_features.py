@@ -84,15 +84,30 @@ def test_features_decide_closeness_while_the_means_stay_latents(confusable):
     negation, reference, cluster = confusable
     d = torch.cat([cluster(20, 1.0), cluster(20, -1.0)])
     latent = LocalPosterior(negation, reference)
-    coordinate = latent.with_features(lambda x: 10 * x[:, :1])
+    coordinate = latent.with_features(_first_coordinate)
     beta_latent = latent(d)[0]
     beta, d_unsafe, d_safe = coordinate(d)
     assert (beta[:20] > 0.5).all() and (beta[20:] < 0.5).all()  # the feature tells them apart
     assert beta[:20].mean() > 0.95 and beta[20:].mean() < 0.05
     assert (beta_latent[:20] - beta_latent[20:]).abs().mean() < 0.5  # the latents hardly do
-    assert coordinate.prior == pytest.approx(0.2, abs=0.03)  # the reference is labelled in the features too
     assert d_unsafe.shape == d_safe.shape == (40, 64)
     assert (d_unsafe[:20, 0] > 0.8).all() and (d_safe[20:, 0] < -0.8).all()  # means of the nearby latents
+
+
+def test_with_features_a_reference_image_is_negated_where_either_space_says_so(confusable):
+    negation, reference, _ = confusable
+    latent = LocalPosterior(negation, reference)
+    featured = latent.with_features(_first_coordinate)
+    in_features = featured.reference_ratio(_first_coordinate(reference), _first_coordinate(negation.latents)) >= 1
+    # the feature alone mistakes no safe image but leaves some of the concept's (of 60) on the safe side
+    assert not in_features[60:].any() and 40 < int(in_features[:60].sum()) < 60
+    assert torch.equal(featured.negated_reference, in_features | latent.negated_reference)
+    assert int(featured.negated_reference[:60].sum()) > int(in_features[:60].sum())  # the latents catch some
+    assert featured.prior == pytest.approx(float(featured.negated_reference.double().mean()))
+
+
+def _first_coordinate(x: torch.Tensor) -> torch.Tensor:
+    return 10 * x.reshape(len(x), -1)[:, :1].double()
 
 
 def test_identity_features_equal_latent_distances(confusable):

@@ -76,6 +76,11 @@ class LocalPosterior:
 
     ``features``: ``None`` (default) measures distances in the latents, a function ``phi`` (latents
     [N, *sample_shape] -> [N, F]) in its features; `with_features` gives the same estimator in others.
+    With features, a reference sample counts as negated where the ratio reaches ``label_ratio`` in
+    the features or in the latents: each space alone leaves a few images of the concept on the safe
+    side (T-shirts in the UNet's features, benchmarks/local_confusion.py), and a safe-labelled image
+    of the concept becomes the nearest safe point of estimates that ask for it, which the correction
+    then moves them to (benchmarks/model_estimators.py).
     """
 
     def __init__(self, negation: NegationSet, reference: Tensor, *, neighbours: int = DEFAULT_NEIGHBOURS,
@@ -98,6 +103,8 @@ class LocalPosterior:
         r = reference.reshape(len(reference), -1).double()
         y_key, r_key = (y, r) if features is None else (self._phi(y).double(), self._phi(r).double())
         negated = self.reference_ratio(r_key, y_key) >= self.label_ratio
+        if features is not None:  # either space may see the concept where the other does not
+            negated |= self.reference_ratio(r, y) >= self.label_ratio
         self.negated_reference = negated  # [K] bool: the reference samples counted as negated
         if negated.all():
             raise SafeDenoiserError(f"all {len(r)} reference samples lie in the negation set's region; give "
