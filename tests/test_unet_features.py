@@ -80,6 +80,11 @@ def confusable():
     return NegationSet.from_latents(cluster(150, 1.0)), torch.cat([cluster(60, 1.0), cluster(240, -1.0)]), cluster
 
 
+def _first_coordinate(x: torch.Tensor) -> torch.Tensor:
+    """A feature that sees only the coordinate the `confusable` classes differ in."""
+    return 10 * x.reshape(len(x), -1)[:, :1].double()
+
+
 def test_features_decide_closeness_while_the_means_stay_latents(confusable):
     negation, reference, cluster = confusable
     d = torch.cat([cluster(20, 1.0), cluster(20, -1.0)])
@@ -104,10 +109,6 @@ def test_with_features_a_reference_image_is_negated_where_either_space_says_so(c
     assert torch.equal(featured.negated_reference, in_features | latent.negated_reference)
     assert int(featured.negated_reference[:60].sum()) > int(in_features[:60].sum())  # the latents catch some
     assert featured.prior == pytest.approx(float(featured.negated_reference.double().mean()))
-
-
-def _first_coordinate(x: torch.Tensor) -> torch.Tensor:
-    return 10 * x.reshape(len(x), -1)[:, :1].double()
 
 
 def test_identity_features_equal_latent_distances(confusable):
