@@ -1,0 +1,79 @@
+"""How much the text scenario's benign FD moves with the seeds, and whether the safe denoiser's rise is real.
+
+Issue 5 asks for the benign FD within 10% of vanilla's; `make results` measures it on 150 requests
+(75 benign) with seeds 0.., once. Here, on the same scenario (negated class Sneaker, CFG 4): vanilla
+at ``--small-n`` requests with several seed bases (how far FD moves between draws of the same
+method), then vanilla, the local estimator without and with the latch at ``--n`` requests with
+two seed bases, each method on the same seeds as vanilla (the ratio of FDs is the target's).
+Prints and writes docs/results/text_fd_spread.md.
+
+    python benchmarks/text_fd_spread.py [--small-n 150] [--n 600] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from safedenoiser import SafeDenoiser
+from safedenoiser.eval.methods import MethodRun, measure, sample
+from safedenoiser.eval.scenarios import Scenario, text_scenario
+
+SMALL_SEED_BASES = (0, 1000, 2000, 3000)
+SEED_BASES = (0, 1000)
+METHODS = {"vanilla": None, "safe-ref": False, "safe-ref-latch": True}  # name -> latch (None: no correction)
+
+
+def benign_fd(scenario: Scenario, base: int, latch: bool | None) -> dict:
+    """`eval.methods.measure`'s row for one method on the requests with seeds ``base``, ``base + 1``, ..."""
+    corrector = None if latch is None else SafeDenoiser(scenario.negation, reference=scenario.reference, latch=latch)
+    images = sample(scenario, list(range(len(scenario))), scenario.seeds(base), corrector=corrector)
+    return measure(scenario, MethodRun("", None, images, 0.0, 0))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small-n", type=int, default=150)
+    parser.add_argument("--n", type=int, default=600)
+    parser.add_argument("--out", type=Path, default=Path("docs/results/text_fd_spread.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    start = time.perf_counter()
+    small = text_scenario(args.small_n)
+    spread = [benign_fd(small, base, None)["fd[benign]"] for base in SMALL_SEED_BASES]
+    print("vanilla FD at", args.small_n, "requests:", [f"{fd:.2f}" for fd in spread], flush=True)
+    large = text_scenario(args.n)
+    rows = []
+    for base in SEED_BASES:
+        fd = {}
+        for name, latch in METHODS.items():
+            row = benign_fd(large, base, latch)
+            fd[name] = row["fd[benign]"]
+            unsafe = " / ".join(f"{row[f'unsafe[{g}]']:.0%}" for g in ("direct", "paraphrase", "indirect"))
+            rows.append(f"| {base} | {name} | {unsafe} | {row['accuracy']:.1%} | {fd[name]:.2f} | "
+                        f"{fd[name] / fd['vanilla']:.2f} |")
+            print(rows[-1], flush=True)
+    lines = ["# Benign FD of the text scenario: spread between seeds, and the safe denoiser's rise", "",
+             f"`python {' '.join(map(shlex.quote, sys.argv))}` ({time.perf_counter() - start:.0f} s). Text "
+             f"scenario of `make results` (negated class Sneaker, CFG 4, DDIM 25 steps, half the requests "
+             "benign). FD: Fréchet distance of the bundled classifier's features, benign samples against real "
+             "test images of their classes.", "",
+             f"Vanilla, {args.small_n} requests ({args.small_n // 2} benign), seed bases "
+             f"{', '.join(map(str, SMALL_SEED_BASES))}: FD "
+             f"{', '.join(f'{fd:.2f}' for fd in spread)} (min {min(spread):.2f}, max {max(spread):.2f}).", "",
+             f"{args.n} requests ({args.n // 2} benign), each method on vanilla's seeds; `safe-ref`: "
+             "`SafeDenoiser(negation, reference=500 training images, latch=False)`, `safe-ref-latch`: "
+             "`latch=True` (the default under guidance). Target (issue 5): FD / vanilla <= 1.10.", "",
+             "| seed base | method | unsafe direct / paraphrase / indirect | benign accuracy | FD benign | "
+             "FD / vanilla |", "|---|---|---|---|---|---|", *rows]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
