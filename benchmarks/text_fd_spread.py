@@ -29,7 +29,7 @@ SEED_BASES = (0, 1000)
 METHODS = {"vanilla": None, "safe-ref": False, "safe-ref-latch": True}  # name -> latch (None: no correction)
 
 
-def benign_fd(scenario: Scenario, base: int, latch: bool | None) -> dict:
+def measured(scenario: Scenario, base: int, latch: bool | None) -> dict:
     """`eval.methods.measure`'s row for one method on the requests with seeds ``base``, ``base + 1``, ..."""
     corrector = None if latch is None else SafeDenoiser(scenario.negation, reference=scenario.reference, latch=latch)
     images = sample(scenario, list(range(len(scenario))), scenario.seeds(base), corrector=corrector)
@@ -45,14 +45,14 @@ def main() -> None:
     torch.set_num_threads(2)
     start = time.perf_counter()
     small = text_scenario(args.small_n)
-    spread = [benign_fd(small, base, None)["fd[benign]"] for base in SMALL_SEED_BASES]
+    spread = [measured(small, base, None)["fd[benign]"] for base in SMALL_SEED_BASES]
     print("vanilla FD at", args.small_n, "requests:", [f"{fd:.2f}" for fd in spread], flush=True)
     large = text_scenario(args.n)
     rows = []
     for base in SEED_BASES:
         fd = {}
         for name, latch in METHODS.items():
-            row = benign_fd(large, base, latch)
+            row = measured(large, base, latch)
             fd[name] = row["fd[benign]"]
             unsafe = " / ".join(f"{row[f'unsafe[{g}]']:.0%}" for g in ("direct", "paraphrase", "indirect"))
             rows.append(f"| {base} | {name} | {unsafe} | {row['accuracy']:.1%} | {fd[name]:.2f} | "
