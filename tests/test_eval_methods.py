@@ -8,7 +8,8 @@ import torch
 
 from safedenoiser import NegationSet
 from safedenoiser.core.local import LocalPosterior
-from safedenoiser.eval.methods import count_evals, make_corrector, paper_bandwidth
+from safedenoiser.eval.methods import MethodRun, count_evals, make_corrector, measure, paper_bandwidth
+from safedenoiser.eval.metrics import copy_check
 
 
 def test_paper_bandwidth_puts_2h2_at_the_median_nearest_neighbour_distance():
@@ -35,3 +36,28 @@ def test_safe_ref_methods_use_the_local_estimator_with_or_without_the_latch(meth
                                reference=torch.randn(30, 4, 2, 2, generator=gen))
     corrector = make_corrector(method, scenario)
     assert isinstance(corrector.beta, LocalPosterior) and corrector.latch is latch
+
+
+def test_copy_check_thresholds_at_the_unseen_real_image_closest_to_any_reconstruction():
+    vae = SimpleNamespace(config=SimpleNamespace(scaling_factor=2.0), decode=lambda z: SimpleNamespace(sample=z))
+    latents = torch.tensor([[[[2.0, 0.0]]], [[[-4.0, 0.0]]]])  # decoded: [1, 0] and [-2, 0], clamped to [-1, 0]
+    real = torch.tensor([[[[0.5, 0.0]]], [[[0.0, 1.0]]]])  # RMS distances to the nearest: 0.5 / sqrt(2), 1
+    copies, threshold = copy_check(SimpleNamespace(vae=vae), latents, real)
+    assert torch.equal(copies, torch.tensor([[[[1.0, 0.0]]], [[[-1.0, 0.0]]]]))
+    assert threshold == pytest.approx(0.5 / math.sqrt(2))
+
+
+def test_measure_counts_samples_that_are_copies_of_a_reference_image():
+    images = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 0.0]]], [[[-1.0, 0.0]]], [[[0.0, 1.0]]]])
+    judge = SimpleNamespace(proba=lambda x: torch.eye(10)[:len(x)], features=lambda x: x.reshape(len(x), -1),
+                            unsafe=lambda x: torch.zeros(len(x), dtype=torch.bool))
+    scenario = SimpleNamespace(
+        name="text", groups=["unsafe:direct", "unsafe:direct", "benign", "benign"], targets=[None, None, 2, 3],
+        judge=judge, fd_real={}, protected=None, reference_copy_threshold=0.1,
+        # images 0 (asked unsafe) and 2 (benign) within 0.1 of a reference image; 1 and 3 a pixel or more away
+        reference_pixels=torch.tensor([[[[1.0, 0.05]]], [[[-1.0, 0.0]]], [[[5.0, 5.0]]]]))
+    row = measure(scenario, MethodRun("m", None, images, 1.0, 4))
+    assert row["reference_copy"] == 0.5
+    assert row["reference_copy[unsafe prompts]"] == 0.5
+    scenario.reference_pixels = None
+    assert "reference_copy" not in measure(scenario, MethodRun("m", None, images, 1.0, 4))

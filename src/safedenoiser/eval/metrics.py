@@ -5,7 +5,8 @@
 - `frechet_distance`: the FID formula on any features (here the judge classifier's 128-d layer),
   ``||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)``;
 - `class_histogram`, `tv_distance`: class proportions and half their L1 distance;
-- `near_copy_share`: share of samples within a distance of any protected image.
+- `copy_check`, `near_copy_share`: what a copy of an image looks like through the VAE and how near a
+  sample must be to count as one; the share of samples that are.
 """
 
 from __future__ import annotations
@@ -76,6 +77,16 @@ def nearest_distance(x: Tensor, protected: Tensor) -> Tensor:
     x = torch.as_tensor(x, dtype=torch.float64).reshape(len(x), -1)
     protected = torch.as_tensor(protected, dtype=torch.float64).reshape(len(protected), -1)
     return torch.cdist(x, protected).min(1).values / x.shape[1] ** 0.5
+
+
+def copy_check(pipe, latents: Tensor, real: Tensor) -> tuple[Tensor, float]:
+    """What a perfect copy of each of ``latents`` looks like through ``pipe`` (its VAE reconstruction,
+    pixels in [-1, 1]) and the near-copy threshold: the RMS pixel distance from the closest of the
+    unseen ``real`` images to any of them. A sample nearer than that is closer than any unseen real
+    image: a near copy."""
+    with torch.no_grad():
+        copies = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample.clamp(-1, 1)
+    return copies, float(nearest_distance(real, copies).min())
 
 
 def near_copy_share(x: Tensor, protected: Tensor, threshold: float) -> float:

@@ -18,10 +18,13 @@ COLUMNS = {  # metric key -> column title
     "unsafe[indirect]": "unsafe indirect", "unsafe[benign]": "unsafe benign", "near_copy": "near copies",
     "accuracy": "benign accuracy", "fd": "FD", "fd[benign]": "FD benign", "fd[unsafe]": "FD unsafe prompts",
     "confident[unsafe prompts]": "recognisable (unsafe prompts)", "confident": "recognisable", "tv_others": "TV others vs vanilla",
+    "reference_copy[unsafe prompts]": "copies of a reference image (unsafe prompts)",
+    "reference_copy": "copies of a reference image",
     "evals_per_image": "UNet evals / image", "seconds_per_image": "s / image",
 }
 PERCENT = {"unsafe[all]", "unsafe[direct]", "unsafe[paraphrase]", "unsafe[indirect]", "unsafe[benign]",
-           "near_copy", "accuracy", "confident", "confident[unsafe prompts]"}
+           "near_copy", "accuracy", "confident", "confident[unsafe prompts]", "reference_copy",
+           "reference_copy[unsafe prompts]"}
 
 
 def image_grid(images: Tensor, ncol: int):

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.eval.judges import ClassifierJudge
-from safedenoiser.eval.metrics import nearest_distance
+from safedenoiser.eval.metrics import copy_check, nearest_distance
 from safedenoiser.negation import NegationSet
 
 SCENARIOS = ("text", "class", "unconditional", "memorization")
@@ -51,6 +51,8 @@ class Scenario:
     negated_class: int | None = None
     protected: Tensor | None = None  # memorisation: the protected images (pixels in [-1, 1])
     near_copy_threshold: float | None = None
+    reference_pixels: Tensor | None = None  # the reference through the VAE (pixels in [-1, 1]), `copy_check`
+    reference_copy_threshold: float | None = None
     info: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -127,9 +129,12 @@ def text_scenario(n: int = 240, negated_class: int = 7, *, pipe=None, judge=None
     negation = NegationSet(encode_latents(pipe, test[negated_class][:NEGATION_SIZE]),
                            metadata={"negated_class": str(negated_class)})
     others = torch.cat([test[c][:250] for c in range(10) if c != negated_class])
+    reference = reference_latents(pipe)
+    pixels, threshold = copy_check(pipe, reference, torch.cat([test[c][-100:] for c in range(10)]))
     return Scenario("text", "fashion-text", pipe, prompts, [None] * len(prompts), groups, targets, negation,
-                    reference_latents(pipe), judge, {"benign": judge.features(real), "unsafe": judge.features(others)},
+                    reference, judge, {"benign": judge.features(real), "unsafe": judge.features(others)},
                     negative=CLASS_NAME_PROMPTS[negated_class], negated_class=negated_class,
+                    reference_pixels=pixels, reference_copy_threshold=threshold,
                     info={"negative_prompt": CLASS_NAME_PROMPTS[negated_class]})
 
 
@@ -143,9 +148,12 @@ def unconditional_scenario(n: int = 300, negated_class: int = 0, *, pipe=None, j
     negation = NegationSet(encode_latents(pipe, images[labels == negated_class][:NEGATION_SIZE]),
                            metadata={"negated_class": str(negated_class)})
     others = images[labels != negated_class][:3000]
+    reference = reference_latents(pipe)
+    pixels, threshold = copy_check(pipe, reference, images[-1000:])
     return Scenario("unconditional", "fashion-class", pipe, [None] * n, [None] * n, ["all"] * n, [None] * n,
-                    negation, reference_latents(pipe), judge, {"all": judge.features(others)},
-                    negative=negated_class, guidance_scale=1.0, negated_class=negated_class)
+                    negation, reference, judge, {"all": judge.features(others)},
+                    negative=negated_class, guidance_scale=1.0, negated_class=negated_class,
+                    reference_pixels=pixels, reference_copy_threshold=threshold)
 
 
 def class_scenario(n: int = 200, cls: int = 8, *, pipe=None, judge=None, seed: int = 0) -> Scenario:
@@ -169,8 +177,10 @@ def class_scenario(n: int = 200, cls: int = 8, *, pipe=None, judge=None, seed: i
                            metadata={"class": str(cls), "cluster": str(negated_cluster)})
     reference = encode_latents(pipe, _class_images("train", cls)[:REFERENCE_SIZE])
     kept = test[assign != negated_cluster]
+    pixels, threshold = copy_check(pipe, reference, test)
     return Scenario("class", "fashion-class", pipe, [None] * n, [cls] * n, ["all"] * n, [cls] * n, negation,
                     reference, judge, {"all": judge.features(kept)}, negative=None,
+                    reference_pixels=pixels, reference_copy_threshold=threshold,
                     info={"class": cls, "negated_cluster": negated_cluster,
                           "cluster_sizes": torch.bincount(assign, minlength=2).tolist()})
 
@@ -247,18 +257,16 @@ def memorization_scenario(n: int = 200, cls: int = 9, *, n_protected: int = 8, p
             path.parent.mkdir(parents=True, exist_ok=True)
             save_file({k: v.contiguous() for k, v in pipe.unet.state_dict().items()}, str(path))
     negation = NegationSet(encode_latents(pipe, protected), metadata={"memorized": str(n_protected)})
-    # a perfect copy, through this model, is the VAE's reconstruction of the protected image
-    copies = pipe.vae.decode(negation.latents / pipe.vae.config.scaling_factor).sample.clamp(-1, 1).detach()
     test = _class_images("test", cls)
-    real_dist = nearest_distance(test, copies)
-    threshold = float(real_dist.min())
+    copies, threshold = copy_check(pipe, negation.latents, test)
+    reference = encode_latents(pipe, others[:REFERENCE_SIZE])
+    pixels, reference_threshold = copy_check(pipe, reference, test)
     return Scenario("memorization", "fashion-class (fine-tuned)", pipe, [None] * n, [cls] * n, ["all"] * n,
-                    [cls] * n, negation, encode_latents(pipe, others[:REFERENCE_SIZE]), judge,
-                    {"all": judge.features(test)}, negative=None, protected=copies,
-                    near_copy_threshold=threshold,
+                    [cls] * n, negation, reference, judge, {"all": judge.features(test)}, negative=None,
+                    protected=copies, near_copy_threshold=threshold, reference_pixels=pixels,
+                    reference_copy_threshold=reference_threshold,
                     info={"class": cls, "finetune": record, "near_copy_threshold": threshold,
-                          "real_test_min_distance": float(real_dist.min()),
-                          "real_test_median_distance": float(real_dist.median())})
+                          "real_test_median_distance": float(nearest_distance(test, copies).median())})
 
 
 def build_scenario(name: str, n: int, **kwargs) -> Scenario:
