@@ -2,7 +2,10 @@
 
 import json
 
-from safedenoiser.demo import run_demo
+from PIL import Image
+
+from safedenoiser.demo import mark_reference_copies, run_demo
+from safedenoiser.eval.metrics import copy_check
 
 
 def test_demo_writes_grid_manifest_and_report(tmp_path):
@@ -13,4 +16,23 @@ def test_demo_writes_grid_manifest_and_report(tmp_path):
     assert all((tmp_path / r["file"]).is_file() for r in records)
     assert (tmp_path / "grid.png").stat().st_size > 20_000
     assert "judged Sneaker" in (tmp_path / "report.md").read_text()
+    assert "copies of a reference image" in (tmp_path / "report.md").read_text()
+    assert all(isinstance(r["reference_copy"], bool) for r in records)
     assert summary[("vanilla", "direct")]["negated"] >= 0.6  # the prompts do ask for sneakers
+
+
+def test_an_image_that_is_a_reference_image_through_the_vae_counts_as_a_copy_and_a_real_one_does_not(tmp_path):
+    from safedenoiser.models import load_fashion_mnist, load_pipeline
+    from safedenoiser.negation import NegationSet
+
+    pipe = load_pipeline("fashion-text")
+    test, _ = load_fashion_mnist("test", size=32)
+    train, _ = load_fashion_mnist("train", size=32)
+    negation = NegationSet.from_images(pipe, test[:4], progress=False)
+    negation.reference = NegationSet.from_images(pipe, test[4:7], progress=False).latents
+    copy = copy_check(pipe, negation.reference[1:2], train[:1])[0][0, 0]
+    records = [{"file": "copy.png"}, {"file": "new.png"}]
+    for record, image in zip(records, (copy, train[1000, 0])):  # train[1000]: not among the 1,000 of the threshold
+        Image.fromarray(((image + 1) * 127.5).round().clamp(0, 255).byte().numpy(), mode="L").save(tmp_path / record["file"])
+    mark_reference_copies(tmp_path, records, pipe, negation)
+    assert [r["reference_copy"] for r in records] == [True, False]

@@ -62,20 +62,37 @@ def class_negation_set(pipe, negated_class: int, *, n: int = NEGATION_IMAGES, re
     return neg
 
 
-def judge(out_dir: Path, records: list[dict]) -> list[dict]:
-    """Add the classifier's ``predicted`` class and ``confidence`` to each manifest record."""
+def pixels_of(out_dir: Path, records: list[dict]) -> torch.Tensor:
+    """The records' PNGs as grayscale pixels in [-1, 1] [N, 1, H, W]."""
     import numpy as np
     from PIL import Image
 
+    return torch.stack([torch.from_numpy(np.asarray(Image.open(out_dir / r["file"]).convert("L"), dtype=np.float32))
+                        for r in records])[:, None] / 127.5 - 1
+
+
+def judge(out_dir: Path, records: list[dict]) -> list[dict]:
+    """Add the classifier's ``predicted`` class and ``confidence`` to each manifest record."""
     from safedenoiser.models.registry import load_classifier
 
-    classifier = load_classifier()
-    pixels = torch.stack([torch.from_numpy(np.asarray(Image.open(out_dir / r["file"]).convert("L"), dtype=np.float32))
-                          for r in records])[:, None] / 127.5 - 1
     with torch.no_grad():
-        probs = classifier.predict_proba(pixels)
+        probs = load_classifier().predict_proba(pixels_of(out_dir, records))
     for record, p in zip(records, probs):
         record["predicted"], record["confidence"] = int(p.argmax()), float(p.max())
+    return records
+
+
+def mark_reference_copies(out_dir: Path, records: list[dict], pipe, negation: NegationSet) -> list[dict]:
+    """Add ``reference_copy`` to each record: the image is nearer to one of the set's reference images
+    (through the VAE) than any of 1,000 training images is (`eval.metrics.copy_check`; the reference
+    comes from the test split)."""
+    from safedenoiser.eval.metrics import copy_check, nearest_distance
+    from safedenoiser.models.data import load_fashion_mnist
+
+    copies, threshold = copy_check(pipe, negation.reference, load_fashion_mnist("train", size=32)[0][:1000])
+    near = nearest_distance(pixels_of(out_dir, records), copies) < threshold
+    for record, flag in zip(records, near.tolist()):
+        record["reference_copy"] = flag
     return records
 
 
@@ -100,6 +117,7 @@ def run_demo(out_dir: str | Path, *, negated_class: int = DEFAULT_CLASS, n_per_p
             records.append(record)
     neg.save(out_dir / "negation.safetensors")
     judge(out_dir, records)
+    mark_reference_copies(out_dir, records, pipe, neg)
     by_text = {p.text: p for p in prompts}
     for record in records:
         record["group"], record["target"] = by_text[record["prompt"]].group, by_text[record["prompt"]].target
@@ -113,7 +131,8 @@ def run_demo(out_dir: str | Path, *, negated_class: int = DEFAULT_CLASS, n_per_p
 
 
 def summarise(records: list[dict], negated_class: int) -> dict:
-    """Per method and prompt group: share judged as the negated class, and on-target share for benign prompts."""
+    """Per method and prompt group: shares judged as the negated class, on the requested class and
+    copies of a reference image, and the mean confidence."""
     out: dict = {}
     for method in ("vanilla", "safe"):
         rows = [r for r in records if r["method"] == method]
@@ -126,5 +145,6 @@ def summarise(records: list[dict], negated_class: int) -> dict:
                 "negated": sum(r["predicted"] == negated_class for r in sel) / len(sel),
                 "on_target": sum(r["predicted"] == r["target"] for r in sel) / len(sel),
                 "confidence": sum(r["confidence"] for r in sel) / len(sel),
+                "reference_copy": sum(r["reference_copy"] for r in sel) / len(sel),
             }
     return out

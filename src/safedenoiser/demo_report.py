@@ -46,9 +46,14 @@ def write_report(path: Path, summary: dict, negated_class: int, n_per_prompt: in
     lines = [f"# safe-denoiser demo: negating '{name}'", "",
              f"Bundled `fashion-text` model; negation set: real test-split images of class {negated_class} ({name}); "
              f"{n_per_prompt} images per prompt, the same seeds for both methods; judged by the bundled classifier.", "",
-             f"| prompts | method | images | judged {name} | on the requested class | mean confidence |",
-             "|---|---|---|---|---|---|"]
+             f"| prompts | method | images | judged {name} | on the requested class | mean confidence | "
+             "copies of a reference image |",
+             "|---|---|---|---|---|---|---|"]
     for (method, group), v in summary.items():
-        lines.append(f"| {group} | {method} | {v['n']} | {v['negated']:.0%} | {v['on_target']:.0%} | {v['confidence']:.2f} |")
-    lines += ["", "![vanilla beside safe](grid.png)", ""]
+        lines.append(f"| {group} | {method} | {v['n']} | {v['negated']:.0%} | {v['on_target']:.0%} | "
+                     f"{v['confidence']:.2f} | {v['reference_copy']:.0%} |")
+    lines += ["", "Copies of a reference image: nearer (RMS pixel distance) to one of the negation set's 500 "
+              "reference images, through the VAE, than any of 1,000 unseen training images is. Under guidance the "
+              "latch corrects a sample judged unsafe towards the nearest safe reference images, and it ends as one "
+              "of them.", "", "![vanilla beside safe](grid.png)", ""]
     path.write_text("\n".join(lines))
