@@ -39,8 +39,10 @@ def generate(
     latch: Optional[bool] = typer.Option(None, "--latch/--no-latch", help="Hold each image's highest beta along "
                                          "its trajectory and drop what guidance adds beyond the data to an image "
                                          "judged unsafe: stops concepts strong guidance redraws late, costs benign "
-                                         "images near the concept. Default: on when guidance applies (guidance > 1 "
-                                         "and a prompt or label) with a set built with --reference-images."),
+                                         "images near the concept, and an image it corrects ends as a near copy of "
+                                         "one of the set's reference images. Default: on when guidance applies "
+                                         "(guidance > 1 and a prompt or label) with a set built with "
+                                         "--reference-images."),
     features: Optional[str] = typer.Option(None, "--features", help="Where a set built with --reference-images "
                                            "measures closeness: 'auto' (default: in the model's UNet features when "
                                            "sampling without guidance, in the latents under guidance), 'unet' "
