@@ -33,6 +33,7 @@ def test_an_image_that_is_a_reference_image_through_the_vae_counts_as_a_copy_and
     copy = copy_check(pipe, negation.reference[1:2], train[:1])[0][0, 0]
     records = [{"file": "copy.png"}, {"file": "new.png"}]
     for record, image in zip(records, (copy, train[1000, 0])):  # train[1000]: not among the 1,000 of the threshold
-        Image.fromarray(((image + 1) * 127.5).round().clamp(0, 255).byte().numpy(), mode="L").save(tmp_path / record["file"])
+        pixels = ((image + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+        Image.fromarray(pixels, mode="L").save(tmp_path / record["file"])
     mark_reference_copies(tmp_path, records, pipe, negation)
     assert [r["reference_copy"] for r in records] == [True, False]

@@ -73,8 +73,8 @@ def build(
     reference_images: Optional[Path] = typer.Option(None, "--reference-images", help="A folder of ordinary images "
                                                     "of every kind (typical outputs of the model); the safe denoiser then uses them as reference (the local "
                                                     "estimator), which works far better than the set alone. Under "
-                                                    "guidance (the latch) an image judged unsafe ends as a near copy of "
-                                                    "one of them: use images you may show."),
+                                                    "guidance (the latch) an image judged unsafe ends as a near copy "
+                                                    "of one of them: use images you may show."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per VAE call."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
