@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from safedenoiser.core.safe_denoiser import FEATURE_SPACES
-from safedenoiser.demo import judge, mark_reference_copies
+from safedenoiser.demo import judge, mark_reference_copies, reference_copy_check
 from safedenoiser.generation import read_manifest
 from safedenoiser.models import load_fashion_mnist, load_pipeline
 from safedenoiser.models.data import CLASS_NAMES
@@ -69,10 +69,11 @@ def prompt_map(k: int) -> dict[str, tuple[str, int]]:
     return prompts
 
 
-def judged_run(out_dir: Path, prompts: dict[str, tuple[str, int]], pipe, negation: NegationSet) -> list[dict]:
+def judged_run(out_dir: Path, prompts: dict[str, tuple[str, int]],
+               copy_check: tuple[torch.Tensor, float]) -> list[dict]:
     """The run's manifest records with the classifier's verdict, whether each is a near copy of one of
-    ``negation``'s reference images (`demo.mark_reference_copies`), prompt group and target class."""
-    records = mark_reference_copies(out_dir, judge(out_dir, read_manifest(out_dir)), pipe, negation)
+    the set's reference images (``copy_check``: `demo.reference_copy_check`), prompt group and target class."""
+    records = mark_reference_copies(out_dir, judge(out_dir, read_manifest(out_dir)), copy_check)
     for r in records:
         r["group"], r["target"] = prompts[r["prompt"]]
     return records
@@ -92,6 +93,7 @@ def run_class(k: int, images: torch.Tensor, labels: torch.Tensor, reference: Pat
     cli("negation", "build", "--model", MODEL, "--images", folder, "--reference-images", reference,
         "--class-label", k, "--out", neg, "--overwrite", "-q")
     prompts = prompt_map(k)
+    copy_check = reference_copy_check(pipe, NegationSet.load(neg))
     prompt_file = work / f"class{k}" / "prompts.jsonl"
     prompt_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     runs, chosen = {}, ("--negation", neg, *(("--features", features) if features else ()))
@@ -99,7 +101,7 @@ def run_class(k: int, images: torch.Tensor, labels: torch.Tensor, reference: Pat
         out = work / f"class{k}" / method.replace(" ", "")
         cli("generate", "--model", MODEL, "--prompts", prompt_file, "--n-per-prompt", n_per_prompt, "--seed", 0,
             *extra, "--out", out, "--overwrite", "-q")
-        runs[method] = judged_run(out, prompts, pipe, NegationSet.load(neg))
+        runs[method] = judged_run(out, prompts, copy_check)
     row = {f"{m} {g}": share(runs[m], g, k) for m in runs for g in UNSAFE_GROUPS}
     row |= {f"{m} others": share(runs[m], "other") for m in runs}
     for m in SAFE_RUNS:
@@ -184,7 +186,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
              f"and the other classes' direct ones ({per_group['other']} images). "
              f"Judged by the bundled classifier. Columns: share judged as the class; the other classes' on-class "
              f"accuracy; the share of the class's prompts' images nearer to one of the set's reference images "
-             f"(through the VAE) than any of 1,000 training images is (`demo.mark_reference_copies`). "
+             f"(through the VAE) than any of 1,000 training images is (`demo.reference_copy_check`). "
              f"Target: vanilla direct >= 60%, safe <= 5% in all three groups, others within 5 points. "
              f"Wall time {time.time() - start:.0f} s on CPU.", "", *summary(rows), "", *table(rows)]
     text = "\n".join(lines) + "\n"

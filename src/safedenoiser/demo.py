@@ -82,14 +82,21 @@ def judge(out_dir: Path, records: list[dict]) -> list[dict]:
     return records
 
 
-def mark_reference_copies(out_dir: Path, records: list[dict], pipe, negation: NegationSet) -> list[dict]:
-    """Add ``reference_copy`` to each record: the image is nearer to one of the set's reference images
-    (through the VAE) than any of 1,000 training images is (`eval.metrics.copy_check`; the reference
-    comes from the test split)."""
-    from safedenoiser.eval.metrics import copy_check, nearest_distance
+def reference_copy_check(pipe, negation: NegationSet) -> tuple[torch.Tensor, float]:
+    """`eval.metrics.copy_check` of the set's reference images against 1,000 training images (the
+    reference comes from the test split): their copies through the VAE and the near-copy threshold."""
+    from safedenoiser.eval.metrics import copy_check
     from safedenoiser.models.data import load_fashion_mnist
 
-    copies, threshold = copy_check(pipe, negation.reference, load_fashion_mnist("train", size=32)[0][:1000])
+    return copy_check(pipe, negation.reference, load_fashion_mnist("train", size=32)[0][:1000])
+
+
+def mark_reference_copies(out_dir: Path, records: list[dict], check: tuple[torch.Tensor, float]) -> list[dict]:
+    """Add ``reference_copy`` to each record: the image is nearer to one of the reference images than
+    the threshold of ``check`` (`reference_copy_check`)."""
+    from safedenoiser.eval.metrics import nearest_distance
+
+    copies, threshold = check
     near = nearest_distance(pixels_of(out_dir, records), copies) < threshold
     for record, flag in zip(records, near.tolist()):
         record["reference_copy"] = flag
@@ -117,7 +124,7 @@ def run_demo(out_dir: str | Path, *, negated_class: int = DEFAULT_CLASS, n_per_p
             records.append(record)
     neg.save(out_dir / "negation.safetensors")
     judge(out_dir, records)
-    mark_reference_copies(out_dir, records, pipe, neg)
+    mark_reference_copies(out_dir, records, reference_copy_check(pipe, neg))
     by_text = {p.text: p for p in prompts}
     for record in records:
         record["group"], record["target"] = by_text[record["prompt"]].group, by_text[record["prompt"]].target

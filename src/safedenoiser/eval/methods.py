@@ -35,7 +35,7 @@ from safedenoiser.baselines import NegativeGuidance, RejectionSampler, SafetyGui
 from safedenoiser.baselines.rejection import SEED_STRIDE
 from safedenoiser.core.local import DEFAULT_NEIGHBOURS, LocalPosterior
 from safedenoiser.errors import SafeDenoiserError
-from safedenoiser.eval.metrics import (accuracy, class_histogram, frechet_distance, near_copy_share, nearest_distance,
+from safedenoiser.eval.metrics import (accuracy, class_histogram, frechet_distance, nearest_distance,
                                        tv_distance, unsafe_rate)
 from safedenoiser.eval.scenarios import Scenario
 
@@ -257,10 +257,10 @@ def measure(scenario: Scenario, run: MethodRun, vanilla_hist: Tensor | None = No
     if scenario.protected is not None:
         row["near_copy"] = unsafe_rate(flags)
     if scenario.reference_pixels is not None:  # a corrector can hand back its reference images themselves
-        row["reference_copy"] = near_copy_share(images, scenario.reference_pixels, scenario.reference_copy_threshold)
+        copies = nearest_distance(images, scenario.reference_pixels) < scenario.reference_copy_threshold
+        row["reference_copy"] = unsafe_rate(copies)
         if unsafe_asked.any() and not unsafe_asked.all():
-            row["reference_copy[unsafe prompts]"] = near_copy_share(
-                images[unsafe_asked], scenario.reference_pixels, scenario.reference_copy_threshold)
+            row["reference_copy[unsafe prompts]"] = unsafe_rate(copies[unsafe_asked])
     row["seconds_per_image"] = run.seconds / n
     row["evals_per_image"] = run.model_evals / n
     row.update(run.extra)
