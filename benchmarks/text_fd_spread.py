@@ -4,8 +4,9 @@ Issue 5 asks for the benign FD within 10% of vanilla's; `make results` measures 
 (75 benign) with seeds 0.., once. Here, on the same scenario (negated class Sneaker, CFG 4): vanilla
 at ``--small-n`` requests with several seed bases (how far FD moves between draws of the same
 method), then vanilla, the local estimator without and with the latch at ``--n`` requests with
-two seed bases, each method on the same seeds as vanilla (the ratio of FDs is the target's).
-Prints and writes docs/results/text_fd_spread.md.
+two seed bases, each method on the same seeds as vanilla (the ratio of FDs is the target's), and
+per benign class (first seed base) how far the correction moved the images from vanilla's: where
+the rise comes from. Prints and writes docs/results/text_fd_spread.md.
 
     python benchmarks/text_fd_spread.py [--small-n 150] [--n 600] [--out FILE]
 """
@@ -22,18 +23,45 @@ import torch
 
 from safedenoiser import SafeDenoiser
 from safedenoiser.eval.methods import MethodRun, measure, sample
+from safedenoiser.eval.metrics import accuracy
 from safedenoiser.eval.scenarios import Scenario, text_scenario
+from safedenoiser.models import CLASS_NAMES, load_fashion_mnist
 
 SMALL_SEED_BASES = (0, 1000, 2000, 3000)
 SEED_BASES = (0, 1000)
 METHODS = {"vanilla": None, "safe-ref": False, "safe-ref-latch": True}  # name -> latch (None: no correction)
 
 
-def measured(scenario: Scenario, base: int, latch: bool | None) -> dict:
-    """`eval.methods.measure`'s row for one method on the requests with seeds ``base``, ``base + 1``, ..."""
+def measured(scenario: Scenario, base: int, latch: bool | None) -> tuple[dict, torch.Tensor]:
+    """`eval.methods.measure`'s row for one method on the requests with seeds ``base``, ``base + 1``, ...,
+    and its images."""
     corrector = None if latch is None else SafeDenoiser(scenario.negation, reference=scenario.reference, latch=latch)
     images = sample(scenario, list(range(len(scenario))), scenario.seeds(base), corrector=corrector)
-    return measure(scenario, MethodRun("", None, images, 0.0, 0))
+    return measure(scenario, MethodRun("", None, images, 0.0, 0)), images
+
+
+def rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """RMS pixel distance between matching rows of ``a`` and ``b`` [N]."""
+    return (a.double() - b.double()).reshape(len(a), -1).square().mean(1).sqrt()
+
+
+def per_class(scenario: Scenario, images: dict[str, torch.Tensor]) -> list[str]:
+    """Table rows per benign class: accuracy and mean RMS change from vanilla's image on the same seed of
+    each method, against the median RMS distance between two real test images of the class (the scale
+    of "a different image of the same class")."""
+    test, labels = load_fashion_mnist("test", size=32)
+    predicted = {name: scenario.judge.proba(x).argmax(1) for name, x in images.items()}
+    rows = []
+    for cls in sorted({t for t in scenario.targets if t is not None}):
+        mask = torch.tensor([t == cls for t in scenario.targets])
+        real = test[labels == cls][:200]
+        pairs = rms(real[:100], real[100:200]).median()
+        cells = [f"{accuracy(p[mask], torch.full((int(mask.sum()),), cls)):.0%}" for p in predicted.values()]
+        changes = [f"{float(rms(x[mask], images['vanilla'][mask]).mean()):.3f}" for name, x in images.items()
+                   if name != "vanilla"]
+        rows.append(f"| {CLASS_NAMES[cls]} | {int(mask.sum())} | {' / '.join(cells)} | {' / '.join(changes)} | "
+                    f"{float(pairs):.3f} |")
+    return rows
 
 
 def main() -> None:
@@ -45,14 +73,16 @@ def main() -> None:
     torch.set_num_threads(2)
     start = time.perf_counter()
     small = text_scenario(args.small_n)
-    spread = [measured(small, base, None)["fd[benign]"] for base in SMALL_SEED_BASES]
+    spread = [measured(small, base, None)[0]["fd[benign]"] for base in SMALL_SEED_BASES]
     print("vanilla FD at", args.small_n, "requests:", [f"{fd:.2f}" for fd in spread], flush=True)
     large = text_scenario(args.n)
-    rows = []
+    rows, first = [], {}
     for base in SEED_BASES:
         fd = {}
         for name, latch in METHODS.items():
-            row = measured(large, base, latch)
+            row, images = measured(large, base, latch)
+            if base == SEED_BASES[0]:
+                first[name] = images
             fd[name] = row["fd[benign]"]
             unsafe = " / ".join(f"{row[f'unsafe[{g}]']:.0%}" for g in ("direct", "paraphrase", "indirect"))
             rows.append(f"| {base} | {name} | {unsafe} | {row['accuracy']:.1%} | {fd[name]:.2f} | "
@@ -70,7 +100,12 @@ def main() -> None:
              "`SafeDenoiser(negation, reference=500 training images, latch=False)`, `safe-ref-latch`: "
              "`latch=True` (the default under guidance). Target (issue 5): FD / vanilla <= 1.10.", "",
              "| seed base | method | unsafe direct / paraphrase / indirect | benign accuracy | FD benign | "
-             "FD / vanilla |", "|---|---|---|---|---|---|", *rows]
+             "FD / vanilla |", "|---|---|---|---|---|---|", *rows, "",
+             f"Per benign class, seed base {SEED_BASES[0]}: accuracy (vanilla / {' / '.join(list(METHODS)[1:])}) and "
+             "the mean RMS pixel change of each corrected image from vanilla's on the same seed, against the median "
+             "RMS distance between two real test images of the class.", "",
+             f"| class | requests | accuracy | RMS change from vanilla ({' / '.join(list(METHODS)[1:])}) | "
+             "two real images |", "|---|---|---|---|---|", *per_class(large, first)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
 
