@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from safedenoiser.core.safe_denoiser import FEATURE_SPACES
-from safedenoiser.demo import judge, mark_reference_copies, pixels_of, reference_copy_check
+from safedenoiser.demo import judge, pixels_of, reference_copies, reference_copy_check
 from safedenoiser.generation import read_manifest
 from safedenoiser.models import load_fashion_mnist, load_pipeline
 from safedenoiser.models.data import CLASS_NAMES
@@ -77,12 +77,12 @@ def judged_run(out_dir: Path, prompts: dict[str, tuple[str, int]],
     """The run's manifest records with the classifier's verdict, whether each is a near copy of one of
     the set's reference images (``copy_check``: `demo.reference_copy_check`), which reference image is
     nearest (``nearest_reference``, an index into the set's reference), prompt group and target class."""
-    records = mark_reference_copies(out_dir, judge(out_dir, read_manifest(out_dir)), copy_check)
-    pixels = pixels_of(out_dir, records).double().flatten(1)
-    nearest = torch.cdist(pixels, copy_check[0].double().flatten(1)).argmin(1)
-    for r, index in zip(records, nearest.tolist()):
+    records = read_manifest(out_dir)
+    pixels = pixels_of(out_dir, records)
+    copies, nearest = reference_copies(pixels, copy_check)
+    for r, copy, index in zip(judge(records, pixels), copies.tolist(), nearest.tolist()):
         r["group"], r["target"] = prompts[r["prompt"]]
-        r["nearest_reference"] = index
+        r["reference_copy"], r["nearest_reference"] = copy, index
     return records
 
 

@@ -4,7 +4,7 @@ import json
 
 from PIL import Image
 
-from safedenoiser.demo import mark_reference_copies, reference_copy_check, run_demo
+from safedenoiser.demo import mark_reference_copies, pixels_of, reference_copy_check, run_demo
 from safedenoiser.eval.metrics import copy_check
 
 
@@ -35,5 +35,5 @@ def test_an_image_that_is_a_reference_image_through_the_vae_counts_as_a_copy_and
     for record, image in zip(records, (copy, train[1000, 0])):  # train[1000]: not among the 1,000 of the threshold
         pixels = ((image + 1) * 127.5).round().clamp(0, 255).byte().numpy()
         Image.fromarray(pixels, mode="L").save(tmp_path / record["file"])
-    mark_reference_copies(tmp_path, records, reference_copy_check(pipe, negation))
+    mark_reference_copies(records, pixels_of(tmp_path, records), reference_copy_check(pipe, negation))
     assert [r["reference_copy"] for r in records] == [True, False]

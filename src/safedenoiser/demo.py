@@ -71,12 +71,13 @@ def pixels_of(out_dir: Path, records: list[dict]) -> torch.Tensor:
                         for r in records])[:, None] / 127.5 - 1
 
 
-def judge(out_dir: Path, records: list[dict]) -> list[dict]:
-    """Add the classifier's ``predicted`` class and ``confidence`` to each manifest record."""
+def judge(records: list[dict], pixels: torch.Tensor) -> list[dict]:
+    """Add the classifier's ``predicted`` class and ``confidence`` to each manifest record (its image
+    in ``pixels``, `pixels_of`)."""
     from safedenoiser.models.registry import load_classifier
 
     with torch.no_grad():
-        probs = load_classifier().predict_proba(pixels_of(out_dir, records))
+        probs = load_classifier().predict_proba(pixels)
     for record, p in zip(records, probs):
         record["predicted"], record["confidence"] = int(p.argmax()), float(p.max())
     return records
@@ -91,14 +92,19 @@ def reference_copy_check(pipe, negation: NegationSet) -> tuple[torch.Tensor, flo
     return copy_check(pipe, negation.reference, load_fashion_mnist("train", size=32)[0][:1000])
 
 
-def mark_reference_copies(out_dir: Path, records: list[dict], check: tuple[torch.Tensor, float]) -> list[dict]:
-    """Add ``reference_copy`` to each record: the image is nearer to one of the reference images than
-    the threshold of ``check`` (`reference_copy_check`)."""
-    from safedenoiser.eval.metrics import nearest_distance
+def reference_copies(pixels: torch.Tensor, check: tuple[torch.Tensor, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image of ``pixels``: whether it is nearer to one of the reference images than the threshold
+    of ``check`` (`reference_copy_check`), and which reference image is nearest ([N] each)."""
+    from safedenoiser.eval.metrics import nearest
 
     copies, threshold = check
-    near = nearest_distance(pixels_of(out_dir, records), copies) < threshold
-    for record, flag in zip(records, near.tolist()):
+    distance, index = nearest(pixels, copies)
+    return distance < threshold, index
+
+
+def mark_reference_copies(records: list[dict], pixels: torch.Tensor, check: tuple[torch.Tensor, float]) -> list[dict]:
+    """Add ``reference_copy`` to each record (its image in ``pixels``): `reference_copies`."""
+    for record, flag in zip(records, reference_copies(pixels, check)[0].tolist()):
         record["reference_copy"] = flag
     return records
 
@@ -123,8 +129,9 @@ def run_demo(out_dir: str | Path, *, negated_class: int = DEFAULT_CLASS, n_per_p
             record["file"] = f"{method}/{record['file']}"
             records.append(record)
     neg.save(out_dir / "negation.safetensors")
-    judge(out_dir, records)
-    mark_reference_copies(out_dir, records, reference_copy_check(pipe, neg))
+    pixels = pixels_of(out_dir, records)
+    judge(records, pixels)
+    mark_reference_copies(records, pixels, reference_copy_check(pipe, neg))
     by_text = {p.text: p for p in prompts}
     for record in records:
         record["group"], record["target"] = by_text[record["prompt"]].group, by_text[record["prompt"]].target

@@ -72,11 +72,18 @@ def frechet_distance(a: Tensor, b: Tensor) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(cross))
 
 
-def nearest_distance(x: Tensor, protected: Tensor) -> Tensor:
-    """RMS distance per coordinate from each row of ``x`` to its nearest row of ``protected`` [N]."""
+def nearest(x: Tensor, protected: Tensor) -> tuple[Tensor, Tensor]:
+    """RMS distance per coordinate from each row of ``x`` to its nearest row of ``protected``, and that
+    row's index ([N] each)."""
     x = torch.as_tensor(x, dtype=torch.float64).reshape(len(x), -1)
     protected = torch.as_tensor(protected, dtype=torch.float64).reshape(len(protected), -1)
-    return torch.cdist(x, protected).min(1).values / x.shape[1] ** 0.5
+    distance, index = torch.cdist(x, protected).min(1)
+    return distance / x.shape[1] ** 0.5, index
+
+
+def nearest_distance(x: Tensor, protected: Tensor) -> Tensor:
+    """RMS distance per coordinate from each row of ``x`` to its nearest row of ``protected`` [N]."""
+    return nearest(x, protected)[0]
 
 
 def copy_check(pipe, latents: Tensor, real: Tensor) -> tuple[Tensor, float]:
