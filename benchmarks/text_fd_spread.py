@@ -6,7 +6,9 @@ at ``--small-n`` requests with several seed bases (how far FD moves between draw
 method), then vanilla, the local estimator without and with the latch at ``--n`` requests with
 two seed bases, each method on the same seeds as vanilla (the ratio of FDs is the target's), and
 per benign class (first seed base) how far the correction moved the images from vanilla's: where
-the rise comes from. Prints and writes docs/results/text_fd_spread.md.
+the rise comes from. On the first seed base also the local estimator correcting only at high noise
+or only at low noise (``WINDOWS``): which part of the trajectory stops the leaks and which raises FD.
+Prints and writes docs/results/text_fd_spread.md.
 
     python benchmarks/text_fd_spread.py [--small-n 150] [--n 600] [--out FILE]
 """
@@ -14,6 +16,7 @@ the rise comes from. Prints and writes docs/results/text_fd_spread.md.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 import time
@@ -22,6 +25,7 @@ from pathlib import Path
 import torch
 
 from safedenoiser import SafeDenoiser
+from safedenoiser.core.safe_denoiser import Correction
 from safedenoiser.eval.methods import MethodRun, measure, sample
 from safedenoiser.eval.metrics import accuracy
 from safedenoiser.eval.scenarios import Scenario, text_scenario
@@ -30,12 +34,37 @@ from safedenoiser.models import CLASS_NAMES, load_fashion_mnist
 SMALL_SEED_BASES = (0, 1000, 2000, 3000)
 SEED_BASES = (0, 1000)
 METHODS = {"vanilla": None, "safe-ref": False, "safe-ref-latch": True}  # name -> latch (None: no correction)
+SPLIT = 1.0  # sigma / alpha between the high- and low-noise parts of the trajectory
+WINDOWS = {"safe-ref, only sigma/alpha >= 1": (SPLIT, math.inf), "safe-ref, only sigma/alpha < 1": (0.0, SPLIT)}
 
 
-def measured(scenario: Scenario, base: int, latch: bool | None) -> tuple[dict, torch.Tensor]:
+class Windowed(SafeDenoiser):
+    """The local estimator without the latch, correcting only while the noise level ``sigma / alpha`` lies
+    in ``window`` = [low, high); elsewhere the model's estimate passes through."""
+
+    def __init__(self, negation, reference: torch.Tensor, window: tuple[float, float]):
+        super().__init__(negation, reference=reference, latch=False)
+        self.window = window
+
+    def correct(self, x_t, alpha, sigma, x0_hat, *, guided: bool = False) -> Correction:
+        out = super().correct(x_t, alpha, sigma, x0_hat, guided=guided)  # records the step in `trace`
+        low, high = self.window
+        if low <= float(torch.as_tensor(sigma).reshape(-1)[0] / torch.as_tensor(alpha).reshape(-1)[0]) < high:
+            return out
+        return Correction(x0_hat, out.beta, torch.zeros_like(out.acted), out.renoise)
+
+
+def steps_at_high_noise(scenario: Scenario) -> int:
+    """How many of the scenario's sampling steps start at ``sigma / alpha >= SPLIT``."""
+    scheduler = scenario.pipe.scheduler
+    scheduler.set_timesteps(scenario.steps)
+    level = ((1 - scheduler.alphas_cumprod) / scheduler.alphas_cumprod).sqrt()
+    return int((level[scheduler.timesteps] >= SPLIT).sum())
+
+
+def measured(scenario: Scenario, base: int, corrector: SafeDenoiser | None) -> tuple[dict, torch.Tensor]:
     """`eval.methods.measure`'s row for one method on the requests with seeds ``base``, ``base + 1``, ...,
     and its images."""
-    corrector = None if latch is None else SafeDenoiser(scenario.negation, reference=scenario.reference, latch=latch)
     images = sample(scenario, list(range(len(scenario))), scenario.seeds(base), corrector=corrector)
     return measure(scenario, MethodRun("", None, images, 0.0, 0)), images
 
@@ -78,9 +107,14 @@ def main() -> None:
     large = text_scenario(args.n)
     rows, first = [], {}
     for base in SEED_BASES:
+        correctors = {name: None if latch is None else
+                      SafeDenoiser(large.negation, reference=large.reference, latch=latch)
+                      for name, latch in METHODS.items()}
+        if base == SEED_BASES[0]:
+            correctors |= {name: Windowed(large.negation, large.reference, window) for name, window in WINDOWS.items()}
         fd = {}
-        for name, latch in METHODS.items():
-            row, images = measured(large, base, latch)
+        for name, corrector in correctors.items():
+            row, images = measured(large, base, corrector)
             if base == SEED_BASES[0]:
                 first[name] = images
             fd[name] = row["fd[benign]"]
@@ -98,13 +132,15 @@ def main() -> None:
              f"{', '.join(f'{fd:.2f}' for fd in spread)} (min {min(spread):.2f}, max {max(spread):.2f}).", "",
              f"{args.n} requests ({args.n // 2} benign), each method on vanilla's seeds; `safe-ref`: "
              "`SafeDenoiser(negation, reference=500 training images, latch=False)`, `safe-ref-latch`: "
-             "`latch=True` (the default under guidance). Target (issue 5): FD / vanilla <= 1.10.", "",
+             "`latch=True` (the default under guidance); on the first seed base also `safe-ref` correcting only "
+             f"at high noise (sigma/alpha >= {SPLIT:g}, the first {steps_at_high_noise(large)} of the "
+             f"{large.steps} steps) or only at low noise (the rest). Target (issue 5): FD / vanilla <= 1.10.", "",
              "| seed base | method | unsafe direct / paraphrase / indirect | benign accuracy | FD benign | "
              "FD / vanilla |", "|---|---|---|---|---|---|", *rows, "",
-             f"Per benign class, seed base {SEED_BASES[0]}: accuracy (vanilla / {' / '.join(list(METHODS)[1:])}) and "
+             f"Per benign class, seed base {SEED_BASES[0]}: accuracy (vanilla / {' / '.join(list(first)[1:])}) and "
              "the mean RMS pixel change of each corrected image from vanilla's on the same seed, against the median "
              "RMS distance between two real test images of the class.", "",
-             f"| class | requests | accuracy | RMS change from vanilla ({' / '.join(list(METHODS)[1:])}) | "
+             f"| class | requests | accuracy | RMS change from vanilla ({' / '.join(list(first)[1:])}) | "
              "two real images |", "|---|---|---|---|---|", *per_class(large, first)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
