@@ -7,8 +7,8 @@ nearest reference images labelled safe. For each negated class (the text scenari
 reference), this samples the class's direct, paraphrased and indirect prompts with the latch,
 measuring closeness in the latents and in the UNet's features, and names what the classifier still
 judges as the class: how many of those images copy a reference image (nearer to its VAE
-reconstruction than any unseen real image is, `eval.metrics.copy_check`) and the true class of each
-copied image; and how many of the reference's images of the class the estimator labelled safe.
+reconstruction than any unseen real image is, `eval.metrics.copy_check`), the true class of each
+copied image and whether the estimator labelled it safe; and how many of the reference's images of the class the estimator labelled safe.
 Prints and writes docs/results/latch_leaks.md.
 
     python benchmarks/latch_leaks.py [--classes 8 2 0] [--n 240] [--guidance 4] [--out FILE]
@@ -43,27 +43,27 @@ def leaks(cls: int, n: int, guidance: float) -> list[str]:
     scenario.guidance_scale = guidance
     reference_labels = reference_images()[1]
     asked = torch.tensor([g.startswith("unsafe:") for g in scenario.groups])
-    idx = list(range(len(scenario)))
     rows = []
     for space in (None, *SPACES):
         corrector = None if space is None else SafeDenoiser(scenario.negation, reference=scenario.reference,
                                                             features=space)
-        images = sample(scenario, idx, scenario.seeds(0), corrector=corrector)
+        images = sample(scenario, list(range(len(scenario))), scenario.seeds(0), corrector=corrector)
         row = measure(scenario, MethodRun("", None, images, 0.0, 0))
         unsafe = " / ".join(f"{row[f'unsafe[{g}]']:.0%}" for g in GROUPS)
         through = images[asked & (scenario.judge.proba(images).argmax(1) == cls)]
-        distance, index = nearest(through, scenario.reference_pixels)
-        copied = Counter(CLASS_NAMES[int(reference_labels[i])]
-                         for i in index[distance < scenario.reference_copy_threshold])
-        copies = ", ".join(f"{name} {count}" for name, count in copied.most_common()) or "-"
         if space is None:
-            rows.append(f"| {CLASS_NAMES[cls]} | vanilla | {unsafe} | {len(through)} | | |")
+            rows.append(f"| {CLASS_NAMES[cls]} | vanilla | {unsafe} | {len(through)} | | | |")
             continue
         features = UNetFeatures(scenario.pipe) if space == "unet" else None
-        labelled_safe = ~LocalPosterior(scenario.negation, scenario.reference, features=features).negated_reference
-        of_class = int((labelled_safe & (reference_labels == cls)).sum())
-        rows.append(f"| {CLASS_NAMES[cls]} | latch, {space} | {unsafe} | {len(through)} | "
-                    f"{int(copied.total())} ({copies}) | {of_class} of {int((reference_labels == cls).sum())} |")
+        safe = ~LocalPosterior(scenario.negation, scenario.reference, features=features).negated_reference
+        distance, index = nearest(through, scenario.reference_pixels)
+        copied = index[distance < scenario.reference_copy_threshold]
+        classes = Counter(CLASS_NAMES[int(reference_labels[i])] for i in copied)
+        distinct = copied.unique()
+        rows.append(f"| {CLASS_NAMES[cls]} | latch, {space} | {unsafe} | {len(through)} | {len(copied)} "
+                    f"({', '.join(f'{name} {count}' for name, count in classes.most_common()) or '-'}) | "
+                    f"{len(distinct)} ({int(safe[distinct].sum())}) | "
+                    f"{int((safe & (reference_labels == cls)).sum())} of {int((reference_labels == cls).sum())} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -86,10 +86,12 @@ def main() -> None:
              "reference=...)`, the default under guidance; `latch, unet`: the same with `features=\"unet\"`. "
              "Through: images of the class's prompts that the classifier judges as the class. Copies: those of "
              "them nearer to a reference image's VAE reconstruction than any unseen real image is, by the true "
-             "class of the copied image. Last column: the reference's images of the class that the estimator "
-             "labelled safe, i.e. possible destinations of a held trajectory.", "",
+             "class of the copied image; how many distinct reference images they copy, and how many of those the "
+             "estimator labelled safe. Last column: the reference's images of the class that the estimator "
+             "labelled safe, the possible destinations of a held trajectory among them.", "",
              "| negated class | run | unsafe direct / paraphrase / indirect | through | copies (true class) | "
-             "its reference images labelled safe |", "|---|---|---|---|---|---|", *rows]
+             "distinct images copied (labelled safe) | its reference images labelled safe |",
+             "|---|---|---|---|---|---|---|", *rows]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
 
