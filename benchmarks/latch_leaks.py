@@ -8,8 +8,8 @@ reference), this samples the class's direct, paraphrased and indirect prompts wi
 measuring closeness in the latents and in the UNet's features, and names what the classifier still
 judges as the class: how many of those images copy a reference image (nearer to its VAE
 reconstruction than any unseen real image is, `eval.metrics.copy_check`), the true class of each
-copied image and whether the estimator labelled it safe; and how many of the reference's images of the class the estimator labelled safe.
-Prints and writes docs/results/latch_leaks.md.
+copied image and whether the estimator labelled it safe; and how many of the reference's images of
+the class the estimator labelled safe. Prints and writes docs/results/latch_leaks.md.
 
     python benchmarks/latch_leaks.py [--classes 8 2 0] [--n 240] [--guidance 4] [--out FILE]
 """
