@@ -26,9 +26,8 @@ from pathlib import Path
 import torch
 
 from safedenoiser import SafeDenoiser
-from safedenoiser.core.local import LocalPosterior
+from safedenoiser.demo import reference_copies
 from safedenoiser.eval.methods import MethodRun, measure, sample
-from safedenoiser.eval.metrics import nearest
 from safedenoiser.eval.scenarios import reference_images, text_scenario
 from safedenoiser.integrations.unet_features import UNetFeatures
 from safedenoiser.models import CLASS_NAMES
@@ -54,10 +53,10 @@ def leaks(cls: int, n: int, guidance: float) -> list[str]:
         if space is None:
             rows.append(f"| {CLASS_NAMES[cls]} | vanilla | {unsafe} | {len(through)} | | | |")
             continue
-        features = UNetFeatures(scenario.pipe) if space == "unet" else None
-        safe = ~LocalPosterior(scenario.negation, scenario.reference, features=features).negated_reference
-        distance, index = nearest(through, scenario.reference_pixels)
-        copied = index[distance < scenario.reference_copy_threshold]
+        local = corrector.beta if space == "latent" else corrector.beta.with_features(UNetFeatures(scenario.pipe))
+        safe = ~local.negated_reference
+        flags, index = reference_copies(through, (scenario.reference_pixels, scenario.reference_copy_threshold))
+        copied = index[flags]
         classes = Counter(CLASS_NAMES[int(reference_labels[i])] for i in copied)
         distinct = copied.unique()
         rows.append(f"| {CLASS_NAMES[cls]} | latch, {space} | {unsafe} | {len(through)} | {len(copied)} "

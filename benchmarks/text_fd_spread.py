@@ -29,6 +29,7 @@ from safedenoiser.core.safe_denoiser import Correction
 from safedenoiser.eval.methods import MethodRun, measure, sample
 from safedenoiser.eval.metrics import accuracy
 from safedenoiser.eval.scenarios import Scenario, text_scenario
+from safedenoiser.integrations.diffusers import noise_level
 from safedenoiser.models import CLASS_NAMES, load_fashion_mnist
 
 SMALL_SEED_BASES = (0, 1000, 2000, 3000)
@@ -58,8 +59,8 @@ def steps_at_high_noise(scenario: Scenario) -> int:
     """How many of the scenario's sampling steps start at ``sigma / alpha >= SPLIT``."""
     scheduler = scenario.pipe.scheduler
     scheduler.set_timesteps(scenario.steps)
-    level = ((1 - scheduler.alphas_cumprod) / scheduler.alphas_cumprod).sqrt()
-    return int((level[scheduler.timesteps] >= SPLIT).sum())
+    levels = (noise_level(scheduler, t) for t in scheduler.timesteps)
+    return sum(sigma / alpha >= SPLIT for alpha, sigma, _ in levels)
 
 
 def measured(scenario: Scenario, base: int, corrector: SafeDenoiser | None) -> tuple[dict, torch.Tensor]:
