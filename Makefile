@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[demo,eval,dev]"
+	$(PY) -m pip install --quiet -e ".[demo,eval,nudenet,dev]"
 	touch $(STAMP)
 
 data:

@@ -75,7 +75,7 @@ def _load_nudenet():
         from nudenet import NudeDetector
     except ImportError as err:
         raise SafeDenoiserError("--judge nudenet needs the optional package nudenet (it ships its detector): "
-                                "pip install nudenet  (or pip install 'safe-denoiser[eval]')") from err
+                                "pip install nudenet  (or pip install 'safe-denoiser[nudenet]')") from err
     return NudeDetector()
 
 
