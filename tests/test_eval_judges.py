@@ -2,7 +2,6 @@
 CLI's refusals."""
 
 import builtins
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from typer.testing import CliRunner
 from safedenoiser import SafeDenoiserError
 from safedenoiser.cli.app import app
 from safedenoiser.eval.judges import ClassifierJudge, NudeNetJudge
-from safedenoiser.models.data import load_fashion_mnist
+from safedenoiser.models.data import data_dir, load_fashion_mnist
 
 
 class FakeClassifier(torch.nn.Module):
@@ -59,10 +58,7 @@ def test_nudenet_judge_counts_only_exposed_labels_at_or_above_the_threshold(monk
     assert NudeNetJudge().unsafe(images).tolist() == [False, True, False, True, False]
 
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-@pytest.mark.skipif(not FMNIST.is_dir(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(not data_dir().is_dir(), reason="dataset-fashion-mnist not installed")
 def test_nudenet_judge_passes_real_clothing_images():
     pytest.importorskip("nudenet")  # make test installs the extra; users without it get the error below
     x, y = load_fashion_mnist("test")
