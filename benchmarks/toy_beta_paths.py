@@ -5,6 +5,8 @@ component, or a kept one) and, in three noise bands, prints and writes to
 docs/results/toy_beta_paths.md the mean beta that the exact rule and the estimators behind
 `beta="hybrid"` (its density ratio and its gate, each alone) give along them. A trajectory bound
 for a kept component should get beta near 0; one bound for the negated component near 1 at low noise.
+A second table gives the gate's threshold (the median log kernel mass of the set's own points, each
+left out) beside the set's log kernel mass at the centres of the negated and the nearest kept component.
 
     python benchmarks/toy_beta_paths.py [--n 2000] [--out docs/results/toy_beta_paths.md]
 """
@@ -42,13 +44,23 @@ def vanilla_states(spec, n: int, seed: int) -> tuple[list[tuple[Tensor, Tensor, 
     return states, spec.mixture.responsibilities(samples).argmax(1)
 
 
+def nearest_centres_mass(spec, negation: NegationSet) -> tuple[float, float]:
+    """The set's clean log kernel mass at the (first) negated component's mean and at the nearest kept mean."""
+    means = spec.mixture.means
+    negated = means[spec.negate[0]]
+    kept = [i for i in range(len(means)) if i not in spec.negate]
+    nearest = means[min(kept, key=lambda i: float((means[i] - negated).norm()))]
+    mass = negation.clean_log_mass(torch.stack([negated, nearest]))
+    return float(mass[0]), float(mass[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=Path("docs/results/toy_beta_paths.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = []
+    rows, centres = [], []
     for name, data in benchmark_mixtures().items():
         spec = parse_spec(data)
         negation = NegationSet.from_latents(spec.negation_set())
@@ -56,6 +68,7 @@ def main() -> None:
         reference = sample("dpm++", spec.mixture.denoise,
                            torch.randn(REFERENCE_SAMPLES, spec.mixture.dim, dtype=torch.float64, generator=gen))
         hybrid = HybridBeta(negation, reference, smoothing=negation.bandwidth)
+        centres.append((name, hybrid.gate.tau, *nearest_centres_mass(spec, negation)))
         states, end = vanilla_states(spec, args.n, seed=0)
         negated_bound = torch.isin(end, torch.tensor(spec.negate))
         sums = {band: torch.zeros(3, 2, dtype=torch.float64) for band, _, _ in BANDS}
@@ -88,6 +101,9 @@ def main() -> None:
              "| gate, kept | gate, negated |",
              "|---|---|---|---|---|---|---|---|---|"]
     lines += [ROW.format(*row) for row in rows]
+    lines += ["", "| mixture | gate threshold | log mass at the negated centre | at the nearest kept centre |",
+              "|---|---|---|---|"]
+    lines += ["| {} | {:.2f} | {:.2f} | {:.2f} |".format(*row) for row in centres]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
 
