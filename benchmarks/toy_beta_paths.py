@@ -20,9 +20,8 @@ import torch
 from torch import Tensor
 
 from estimators_toy import benchmark_mixtures
-from safedenoiser.core.beta import HybridBeta
 from safedenoiser.negation import NegationSet
-from safedenoiser.toy.run import REFERENCE_SAMPLES
+from safedenoiser.toy.run import make_denoiser
 from safedenoiser.toy.sampling import sample
 from safedenoiser.toy.spec import parse_spec
 
@@ -63,11 +62,8 @@ def main() -> None:
     rows, centres = [], []
     for name, data in benchmark_mixtures().items():
         spec = parse_spec(data)
-        negation = NegationSet.from_latents(spec.negation_set())
-        gen = torch.Generator().manual_seed(7919)  # the reference of run_toy's seed 0
-        reference = sample("dpm++", spec.mixture.denoise,
-                           torch.randn(REFERENCE_SAMPLES, spec.mixture.dim, dtype=torch.float64, generator=gen))
-        hybrid = HybridBeta(negation, reference, smoothing=negation.bandwidth)
+        _, safe = make_denoiser(spec, "kernel", estimator="hybrid", seed=0)  # as `run_toy` builds it
+        negation, hybrid = safe.negation, safe.beta
         centres.append((name, hybrid.gate.tau, *nearest_centres_mass(spec, negation)))
         states, end = vanilla_states(spec, args.n, seed=0)
         negated_bound = torch.isin(end, torch.tensor(spec.negate))
@@ -76,7 +72,7 @@ def main() -> None:
         for x_t, alpha, sigma, d in states:
             a = torch.as_tensor(alpha, dtype=x_t.dtype).expand(len(x_t))
             s = torch.as_tensor(sigma, dtype=x_t.dtype).expand(len(x_t))
-            unsafe = negation.posterior(x_t, a, s, smoothing=negation.bandwidth, x0_hat=d)
+            unsafe = negation.posterior(x_t, a, s, smoothing=safe.smoothing, x0_hat=d)
             betas = (spec.mixture.beta(x_t, a, s, spec.negate), hybrid.ratio(x_t, a, s, d, unsafe),
                      hybrid.gate(x_t, a, s, d, unsafe))
             level = float(s[0] / a[0])
