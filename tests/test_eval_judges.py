@@ -44,6 +44,7 @@ class FakeDetector:
         self.queue = list(detections)
 
     def detect(self, path):
+        assert Image.open(path).mode == "RGB"  # the judge hands NudeNet image files it can read
         return self.queue.pop(0)
 
 
@@ -54,7 +55,7 @@ def test_nudenet_judge_counts_only_exposed_labels_at_or_above_the_threshold(monk
                   [{"class": "FACE_MALE", "score": 0.7}, {"class": "MALE_GENITALIA_EXPOSED", "score": 0.8}],
                   []]
     monkeypatch.setattr("safedenoiser.eval.judges._load_nudenet", lambda: FakeDetector(detections))
-    images = torch.zeros(5, 1, 8, 8)  # a tensor batch goes through the PNG files NudeNet reads
+    images = torch.zeros(5, 1, 8, 8)  # a grey tensor batch, written as RGB files for NudeNet
     assert NudeNetJudge().unsafe(images).tolist() == [False, True, False, True, False]
 
 
