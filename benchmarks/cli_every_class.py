@@ -35,7 +35,8 @@ import torch
 from PIL import Image
 
 from safedenoiser.core.safe_denoiser import FEATURE_SPACES
-from safedenoiser.demo import judge, pixels_of, reference_copies, reference_copy_check
+from safedenoiser.demo import judge, pixels_of, reference_copy_check
+from safedenoiser.eval.metrics import near_copies
 from safedenoiser.generation import read_manifest
 from safedenoiser.models import load_fashion_mnist, load_pipeline
 from safedenoiser.models.data import CLASS_NAMES
@@ -79,7 +80,7 @@ def judged_run(out_dir: Path, prompts: dict[str, tuple[str, int]],
     nearest (``nearest_reference``, an index into the set's reference), prompt group and target class."""
     records = read_manifest(out_dir)
     pixels = pixels_of(out_dir, records)
-    copies, nearest = reference_copies(pixels, copy_check)
+    copies, nearest = near_copies(pixels, copy_check)
     for r, copy, index in zip(judge(records, pixels), copies.tolist(), nearest.tolist()):
         r["group"], r["target"] = prompts[r["prompt"]]
         r["reference_copy"], r["nearest_reference"] = copy, index

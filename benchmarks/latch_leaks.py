@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from safedenoiser import SafeDenoiser
-from safedenoiser.demo import reference_copies
 from safedenoiser.eval.methods import MethodRun, measure, sample
+from safedenoiser.eval.metrics import near_copies
 from safedenoiser.eval.scenarios import reference_images, text_scenario
 from safedenoiser.integrations.unet_features import UNetFeatures
 from safedenoiser.models import CLASS_NAMES
@@ -55,7 +55,7 @@ def leaks(cls: int, n: int, guidance: float) -> list[str]:
             continue
         local = corrector.beta if space == "latent" else corrector.beta.with_features(UNetFeatures(scenario.pipe))
         safe = ~local.negated_reference
-        flags, index = reference_copies(through, (scenario.reference_pixels, scenario.reference_copy_threshold))
+        flags, index = near_copies(through, (scenario.reference_pixels, scenario.reference_copy_threshold))
         copied = index[flags]
         classes = Counter(CLASS_NAMES[int(reference_labels[i])] for i in copied)
         distinct = copied.unique()

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from safedenoiser.eval.metrics import (accuracy, class_histogram, cut, frechet_distance, near_copy_share,
+from safedenoiser.eval.metrics import (accuracy, class_histogram, cut, frechet_distance, near_copies, near_copy_share,
                                        nearest_distance, tv_distance, unsafe_rate)
 
 
@@ -67,6 +67,8 @@ def test_near_copy_share_uses_rms_distance_to_the_nearest_protected_image():
     x = torch.stack([torch.full((1, 2, 2), 0.1), torch.full((1, 2, 2), 0.7), torch.full((1, 2, 2), 0.5)])
     assert nearest_distance(x, protected).tolist() == pytest.approx([0.1, 0.3, 0.5])
     assert near_copy_share(x, protected, threshold=0.2) == pytest.approx(1 / 3)
+    flags, index = near_copies(x, (protected, 0.4))
+    assert flags.tolist() == [True, True, False] and index[:2].tolist() == [0, 1]  # 0.5 is equally near both
 
 
 def test_cut_is_the_relative_reduction():

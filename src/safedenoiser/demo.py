@@ -92,19 +92,12 @@ def reference_copy_check(pipe, negation: NegationSet) -> tuple[torch.Tensor, flo
     return copy_check(pipe, negation.reference, load_fashion_mnist("train", size=32)[0][:1000])
 
 
-def reference_copies(pixels: torch.Tensor, check: tuple[torch.Tensor, float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image of ``pixels``: whether it is nearer to one of the reference images than the threshold
-    of ``check`` (`reference_copy_check`), and which reference image is nearest ([N] each)."""
-    from safedenoiser.eval.metrics import nearest
-
-    copies, threshold = check
-    distance, index = nearest(pixels, copies)
-    return distance < threshold, index
-
-
 def mark_reference_copies(records: list[dict], pixels: torch.Tensor, check: tuple[torch.Tensor, float]) -> list[dict]:
-    """Add ``reference_copy`` to each record (its image in ``pixels``): `reference_copies`."""
-    for record, flag in zip(records, reference_copies(pixels, check)[0].tolist()):
+    """Add ``reference_copy`` to each record (its image in ``pixels``): nearer to one of the reference
+    images than the threshold of ``check`` (`reference_copy_check`, `eval.metrics.near_copies`)."""
+    from safedenoiser.eval.metrics import near_copies
+
+    for record, flag in zip(records, near_copies(pixels, check)[0].tolist()):
         record["reference_copy"] = flag
     return records
 

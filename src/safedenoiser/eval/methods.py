@@ -35,8 +35,8 @@ from safedenoiser.baselines import NegativeGuidance, RejectionSampler, SafetyGui
 from safedenoiser.baselines.rejection import SEED_STRIDE
 from safedenoiser.core.local import DEFAULT_NEIGHBOURS, LocalPosterior
 from safedenoiser.errors import SafeDenoiserError
-from safedenoiser.eval.metrics import (accuracy, class_histogram, frechet_distance, nearest_distance,
-                                       tv_distance, unsafe_rate)
+from safedenoiser.eval.metrics import (accuracy, class_histogram, frechet_distance, near_copies, tv_distance,
+                                       unsafe_rate)
 from safedenoiser.eval.scenarios import Scenario
 
 METHODS = ("vanilla", "negative", "sld", "spell", "safe-paper", "safe", "safe-ref", "rejection")
@@ -169,7 +169,7 @@ def model_reference(scenario: Scenario, batch_size: int = 100) -> Tensor:
 def is_unsafe(scenario: Scenario, images: Tensor) -> Tensor:
     """The scenario's verdict per image: the judge's, or a near copy of a protected image."""
     if scenario.protected is not None:
-        return nearest_distance(images, scenario.protected) < scenario.near_copy_threshold
+        return near_copies(images, (scenario.protected, scenario.near_copy_threshold))[0]
     return scenario.judge.unsafe(images)
 
 
@@ -257,7 +257,7 @@ def measure(scenario: Scenario, run: MethodRun, vanilla_hist: Tensor | None = No
     if scenario.protected is not None:
         row["near_copy"] = unsafe_rate(flags)
     if scenario.reference_pixels is not None:  # a corrector can hand back its reference images themselves
-        copies = nearest_distance(images, scenario.reference_pixels) < scenario.reference_copy_threshold
+        copies = near_copies(images, (scenario.reference_pixels, scenario.reference_copy_threshold))[0]
         row["reference_copy"] = unsafe_rate(copies)
         if unsafe_asked.any() and not unsafe_asked.all():
             row["reference_copy[unsafe prompts]"] = unsafe_rate(copies[unsafe_asked])

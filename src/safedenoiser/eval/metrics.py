@@ -5,7 +5,7 @@
 - `frechet_distance`: the FID formula on any features (here the judge classifier's 128-d layer),
   ``||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)``;
 - `class_histogram`, `tv_distance`: class proportions and half their L1 distance;
-- `copy_check`, `near_copy_share`: what a copy of an image looks like through the VAE and how near a
+- `copy_check`, `near_copies`, `near_copy_share`: what a copy of an image looks like through the VAE and how near a
   sample must be to count as one; the share of samples that are.
 """
 
@@ -96,9 +96,17 @@ def copy_check(pipe, latents: Tensor, real: Tensor) -> tuple[Tensor, float]:
     return copies, float(nearest_distance(real, copies).min())
 
 
+def near_copies(x: Tensor, check: tuple[Tensor, float]) -> tuple[Tensor, Tensor]:
+    """Per row of ``x``: whether it is nearer to one of the images of ``check = (copies, threshold)``
+    (`copy_check`) than the threshold, and which of them is nearest ([N] each)."""
+    copies, threshold = check
+    distance, index = nearest(x, copies)
+    return distance < threshold, index
+
+
 def near_copy_share(x: Tensor, protected: Tensor, threshold: float) -> float:
     """Share of samples whose RMS distance to some protected image is below ``threshold``."""
-    return float((nearest_distance(x, protected) < threshold).double().mean())
+    return float(near_copies(x, (protected, threshold))[0].double().mean())
 
 
 def cut(before: float, after: float) -> float:
