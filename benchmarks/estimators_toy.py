@@ -45,7 +45,7 @@ def benchmark_mixtures() -> dict[str, dict]:
 
 ROW = "| {} | {} | {} | {:.2%} | {:.2%} | {:.2f} | {:.2f} | {:.1f} |"
 METHODS = [("exact samples", "-"), ("vanilla", "-"), ("exact", "-"), ("kernel", "gate"), ("kernel", "ratio"),
-           ("kernel", "ratio, true prior"), ("kernel", "hybrid"), ("kernel", "local")]
+           ("kernel", "ratio, true prior"), ("kernel", "hybrid"), ("kernel", "labelled"), ("kernel", "local")]
 ORACLE = "ratio, true prior"  # the ratio estimator given the mixture's true b: isolates the error of its estimate
 
 

@@ -2,8 +2,9 @@
 
 Runs vanilla DPM-Solver++ trajectories of each mixture, groups them by where they end (the negated
 component, or a kept one) and, in three noise bands, prints and writes to
-docs/results/toy_beta_paths.md the mean beta that the exact rule and the estimators behind
-`beta="hybrid"` (its density ratio and its gate, each alone) give along them. A trajectory bound
+docs/results/toy_beta_paths.md the mean beta that the exact rule, the estimators behind
+`beta="hybrid"` (its density ratio and its gate, each alone) and `beta="labelled"` (the toy default)
+give along them. A trajectory bound
 for a kept component should get beta near 0; one bound for the negated component near 1 at low noise.
 A second table gives the gate's threshold (the median log kernel mass of the set's own points, each
 left out) beside the set's log kernel mass at the centres of the negated and the nearest kept component.
@@ -26,7 +27,7 @@ from safedenoiser.toy.sampling import sample
 from safedenoiser.toy.spec import parse_spec
 
 BANDS = (("sigma/alpha >= 1", 1.0, float("inf")), ("0.1 <= sigma/alpha < 1", 0.1, 1.0), ("sigma/alpha < 0.1", 0.0, 0.1))
-ROW = "| {} | {} | {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} |"
+ROW = "| {} | {} | {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} |"
 
 
 def vanilla_states(spec, n: int, seed: int) -> tuple[list[tuple[Tensor, Tensor, Tensor, Tensor]], Tensor]:
@@ -64,17 +65,18 @@ def main() -> None:
         spec = parse_spec(data)
         _, safe = make_denoiser(spec, "kernel", estimator="hybrid", seed=0)  # as `run_toy` builds it
         negation, hybrid = safe.negation, safe.beta
+        labelled = make_denoiser(spec, "kernel", estimator="labelled", seed=0)[1].beta  # the same reference
         centres.append((name, hybrid.gate.tau, *nearest_centres_mass(spec, negation)))
         states, end = vanilla_states(spec, args.n, seed=0)
         negated_bound = torch.isin(end, torch.tensor(spec.negate))
-        sums = {band: torch.zeros(3, 2, dtype=torch.float64) for band, _, _ in BANDS}
+        sums = {band: torch.zeros(4, 2, dtype=torch.float64) for band, _, _ in BANDS}
         counts = dict.fromkeys(sums, 0)
         for x_t, alpha, sigma, d in states:
             a = torch.as_tensor(alpha, dtype=x_t.dtype).expand(len(x_t))
             s = torch.as_tensor(sigma, dtype=x_t.dtype).expand(len(x_t))
             unsafe = negation.posterior(x_t, a, s, smoothing=safe.smoothing, x0_hat=d)
             betas = (spec.mixture.beta(x_t, a, s, spec.negate), hybrid.ratio(x_t, a, s, d, unsafe),
-                     hybrid.gate(x_t, a, s, d, unsafe))
+                     hybrid.gate(x_t, a, s, d, unsafe), labelled(x_t, a, s, d, unsafe))
             level = float(s[0] / a[0])
             band = next(b for b, low, high in BANDS if low <= level < high)
             for i, beta in enumerate(betas):
@@ -89,13 +91,14 @@ def main() -> None:
              f"`python benchmarks/toy_beta_paths.py --n {args.n}`: {args.n} vanilla DPM-Solver++ trajectories per "
              "mixture (seed 0), grouped by the component they end in (most likely component of the sample): "
              "`kept` (any kept component) or `negated`. Mean beta over the trajectories and the steps of each noise "
-             "band, from the exact rule and from the two estimators that `beta=\"hybrid\"` takes the larger of: "
-             "the x_t-space density ratio (prior b estimated from the sets) and the gate on `D(x_t)` (the core of "
-             "the negation set's kernel support). Sets as in `estimators_toy.py`: 256 negation samples, 1,000 "
+             "band, from the exact rule, from the two estimators that `beta=\"hybrid\"` takes the larger of "
+             "(the x_t-space density ratio, prior b estimated from the sets, and the gate on `D(x_t)`, the core of "
+             "the negation set's kernel support) and from `beta=\"labelled\"` (the reference's own posterior of its "
+             "samples labelled unsafe, the toy default). Sets as in `estimators_toy.py`: 256 negation samples, 1,000 "
              "reference samples drawn with the sampler.", "",
              "| mixture | noise band | steps | exact, kept | exact, negated | ratio, kept | ratio, negated "
-             "| gate, kept | gate, negated |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| gate, kept | gate, negated | labelled, kept | labelled, negated |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [ROW.format(*row) for row in rows]
     lines += ["", "| mixture | gate threshold | log mass at the negated centre | at the nearest kept centre |",
               "|---|---|---|---|"]

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from safedenoiser import NegationSet, SafeDenoiser, SafeDenoiserError
-from safedenoiser.core.beta import HybridBeta, KernelGateBeta, KernelRatioBeta
+from safedenoiser.core.beta import (HybridBeta, KernelGateBeta, KernelRatioBeta, LabelledReferenceBeta,
+                                   label_reference)
 from safedenoiser.core.local import LocalPosterior
 from safedenoiser.core.paper_rule import PaperRule, calibrate_tau
 from safedenoiser.toy.spec import parse_spec
@@ -46,6 +47,49 @@ def test_ratio_estimate_tracks_exact_beta_at_high_and_mid_noise(setting, ratio):
     assert float((beta - exact).abs().mean()) < 0.05
 
 
+def test_reference_labels_follow_the_negated_component(setting):
+    spec, negation, reference = setting
+    labels = label_reference(negation, reference, width=2.0)
+    truth = spec.mixture.responsibilities(reference).argmax(1) == 1
+    assert (labels == truth).double().mean() > 0.99
+    assert torch.equal(label_reference(negation, reference, width=2.0, block=100), labels)  # blocks change nothing
+
+
+def test_labelled_beta_is_the_noised_reference_posterior_of_its_labels():
+    """By hand: beta = sum_k u_k N(x; a r_k, v) / sum_k N(x; a r_k, v), v = s^2 + a^2 h^2."""
+    negation = NegationSet(torch.tensor([[0.0, 4.0], [0.1, 4.1], [-0.1, 3.9]], dtype=torch.float64), bandwidth=0.3)
+    reference = torch.tensor([[0.0, 4.05], [-5.0, 0.0], [-5.1, 0.1], [5.0, 0.0], [5.1, 0.2]], dtype=torch.float64)
+    est = LabelledReferenceBeta(negation, reference)
+    assert est.negated_reference.tolist() == [True, False, False, False, False] and est.prior == 0.2
+    x = torch.tensor([[0.0, 3.0], [2.0, 1.0], [-4.0, 0.5]], dtype=torch.float64)
+    for ratio in (0.1, 1.0, 10.0):
+        a, s = _levels(ratio)
+        v = s ** 2 + (a * 0.3) ** 2
+        k = torch.exp(-torch.cdist(x, a * reference).square() / (2 * v))
+        expected = k[:, 0] / k.sum(1)
+        torch.testing.assert_close(est(x, a, s, x, None), expected)
+
+
+@pytest.mark.parametrize("ratio", [50.0, 1.0, 0.1])
+def test_labelled_beta_tracks_exact_beta(setting, ratio):
+    spec, negation, reference = setting
+    est = LabelledReferenceBeta(negation, reference)
+    a, s = _levels(ratio)
+    x0 = spec.mixture.sample(2000, torch.Generator().manual_seed(1))[0]
+    x = a * x0 + s * torch.randn(x0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    exact = spec.mixture.beta(x, a, s, spec.negate)
+    assert float((est(x, a, s, x, None) - exact).abs().mean()) < 0.01
+
+
+def test_labelled_beta_refuses_a_reference_without_both_kinds(setting):
+    spec, negation, reference = setting
+    kept = reference[spec.mixture.responsibilities(reference).argmax(1) != 1]
+    with pytest.raises(SafeDenoiserError, match="0 of .* reference samples lie in the negation set's region"):
+        LabelledReferenceBeta(negation, kept)
+    with pytest.raises(SafeDenoiserError, match="shape"):
+        LabelledReferenceBeta(negation, reference[:, :1])
+
+
 def test_gate_is_one_on_the_set_and_zero_far_away(setting):
     spec, negation, _ = setting
     gate = KernelGateBeta(negation)
@@ -74,6 +118,7 @@ def test_default_estimator_follows_the_reference(setting):
     with_ref = NegationSet(negation.latents, reference=reference.float())
     assert isinstance(SafeDenoiser(with_ref).beta, LocalPosterior)
     assert isinstance(SafeDenoiser(with_ref, beta="hybrid").beta, HybridBeta)
+    assert isinstance(SafeDenoiser(with_ref, beta="labelled").beta, LabelledReferenceBeta)
     with pytest.raises(SafeDenoiserError, match="needs reference samples"):
         SafeDenoiser(negation, beta="ratio")
 

@@ -46,7 +46,7 @@ def toy(
     plot: Path | None = typer.Option(None, help="Also draw vanilla against this method to this PNG (first two coordinates)."),
     sampler: Sampler = typer.Option(Sampler.dpmpp, help="dpm++ or ddim (deterministic ODE), ancestral (stochastic)."),
     steps: int | None = typer.Option(None, min=2, help="Sampling steps (default: 60 dpm++, 100 ddim, 150 ancestral)."),
-    estimator: str = typer.Option(DEFAULT_ESTIMATOR, help="Beta estimator of the kernel method: hybrid, ratio or gate."),
+    estimator: str = typer.Option(DEFAULT_ESTIMATOR, help="Beta estimator of the kernel method: labelled, hybrid, ratio or gate."),
     overwrite: bool = typer.Option(False, help="Replace existing output files."),
 ) -> None:
     """Sample a Gaussian mixture with a negated component; report negated share and SW2 to the exact safe mixture."""

@@ -15,6 +15,7 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor
 
+from safedenoiser.core.kernels import FlatSet, squared_distances
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet, UnsafePosterior
 
@@ -89,6 +90,68 @@ class KernelRatioBeta:
         log_ref = self.reference.log_density(x_t, alpha, sigma, smoothing=self.smoothing)
         log_beta = math.log(self.prior) + unsafe.log_density - log_ref
         return log_beta.clamp(max=0.0).exp()
+
+
+def label_reference(negation: NegationSet, reference: Tensor, width: float, block: int = 1024) -> Tensor:
+    """``[K]`` bool: the reference samples where the set's kernel density is at least the reference's own,
+
+        (1/M) sum_n k(r_k, y_n)  >=  (1/(K-1)) sum_{j != k} k(r_k, r_j),    k = Gaussian of width ``width x h``,
+
+    ``h`` the set's bandwidth (``block`` reference rows at a time)."""
+    h = width * negation.bandwidth
+    y, r = negation.flat(reference.device, torch.float64), FlatSet.of(reference.double())
+    labels = []
+    for start in range(0, len(r.rows), block):
+        rows = r.rows[start:start + block]
+        own = squared_distances(rows, r)
+        own[torch.arange(len(rows)), torch.arange(start, start + len(rows))] = math.inf  # leave r_k out
+        log_u = torch.logsumexp(-squared_distances(rows, y) / (2 * h * h), 1) - math.log(len(y.rows))
+        log_r = torch.logsumexp(-own / (2 * h * h), 1) - math.log(len(r.rows) - 1)
+        labels.append(log_u >= log_r)
+    return torch.cat(labels)
+
+
+class LabelledReferenceBeta:
+    """The reference set's own posterior share of unsafe samples at ``x_t``.
+
+    Each reference sample ``r_k`` is labelled unsafe (``u_k = 1``) or safe by `label_reference` at
+    noise level 0; then, with the reference smoothed by the set's width ``h`` and noised to level t,
+
+        beta(x_t) = sum_k u_k N(x_t; alpha r_k, v I) / sum_k N(x_t; alpha r_k, v I),    v = sigma^2 + alpha^2 h^2.
+
+    This is ``P(unsafe | x_t)`` exactly when the reference is the model's distribution and ``u_k`` is
+    ``P(unsafe | r_k)``: numerator and denominator share their samples and kernel, so neither a prior
+    ``b`` (here the labelled share) nor the negation set's density enters, which is where
+    `KernelRatioBeta` errs (benchmarks/estimators_toy.py, "ratio, true prior"). The labels use a
+    kernel ``label_width = 2`` times the set's width: with the set's own width the 16-D benchmark
+    mixtures labelled 28-32% of the reference unsafe against a true 40%, with 3 times it the close
+    ones 58%.
+    """
+
+    def __init__(self, negation: NegationSet, reference: Tensor, *, smoothing: float | None = None,
+                 label_width: float = 2.0):
+        reference = torch.as_tensor(reference)
+        if tuple(reference.shape[1:]) != negation.sample_shape:
+            raise SafeDenoiserError(f"reference samples have shape {tuple(reference.shape[1:])}, the negation "
+                                    f"set {negation.sample_shape}; both must live in the model's space")
+        if len(reference) < 2:
+            raise SafeDenoiserError(f"the labelled estimator needs at least 2 reference samples, got {len(reference)}")
+        unsafe = label_reference(negation, reference.reshape(len(reference), -1), label_width)
+        if not unsafe.any() or unsafe.all():
+            raise SafeDenoiserError(
+                f"{int(unsafe.sum())} of {len(reference)} reference samples lie in the negation set's region; the "
+                "labelled estimator needs ordinary samples of the model that include some of the concept and "
+                "some of everything else (more reference samples, or beta='gate')")
+        smoothing = negation.bandwidth if smoothing is None else smoothing
+        self.smoothing, self.negated_reference = smoothing, unsafe
+        self.unsafe = NegationSet(reference[unsafe].float(), bandwidth=smoothing)
+        self.all = NegationSet(reference.float(), bandwidth=smoothing)
+        self.prior = float(unsafe.double().mean())
+
+    def __call__(self, x_t, alpha, sigma, x0_hat, unsafe):
+        log_u = self.unsafe.log_density(x_t, alpha, sigma, smoothing=self.smoothing)
+        log_all = self.all.log_density(x_t, alpha, sigma, smoothing=self.smoothing)
+        return (math.log(self.prior) + log_u - log_all).clamp(max=0.0).exp()
 
 
 class KernelGateBeta:

@@ -31,7 +31,8 @@ benchmarks/model_estimators.py measures it against the other estimators on the b
 It is built for image latents, whose classes form separate clusters in many dimensions. On
 low-dimensional Gaussian mixtures it fails (docs/results/estimators_toy.md): a negated-looking
 reference sample that was labelled safe becomes the nearest "safe" point inside the negated
-component and attracts the samples there; the toys use the ``hybrid`` estimator.
+component and attracts the samples there; the toys use the ``labelled`` estimator
+(core/beta.py), which also labels the reference samples but reads the labels at ``x_t``.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import torch
 from torch import Tensor
 
-from safedenoiser.core.beta import BetaEstimator, HybridBeta, KernelGateBeta, KernelRatioBeta
+from safedenoiser.core.beta import BetaEstimator, HybridBeta, KernelGateBeta, KernelRatioBeta, LabelledReferenceBeta
 from safedenoiser.core.local import LocalPosterior
 from safedenoiser.core.paper_rule import PaperRule
 from safedenoiser.core.parametrization import per_sample
@@ -119,8 +119,9 @@ class SafeDenoiser:
             ``sd14-memorization``) that selects the authors' practical rule with their settings.
         beta: ``"auto"`` (default: ``"local"`` when reference samples are known, else ``"gate"``),
             ``"local"`` (`LocalPosterior`: beta, D_unsafe and D_safe in x0 space), ``"gate"`` (needs
-            nothing but the set), ``"ratio"`` or ``"hybrid"`` (x_t-space density ratio; need reference
-            samples), or any `BetaEstimator`. benchmarks/estimators_toy.py and
+            nothing but the set), ``"labelled"`` (the reference's own posterior of its unsafe-labelled
+            samples at x_t), ``"ratio"`` or ``"hybrid"`` (x_t-space density ratio; all three need
+            reference samples), or any `BetaEstimator`. benchmarks/estimators_toy.py and
             benchmarks/model_estimators.py compare them.
         reference: ordinary samples in the model's space (model samples or typical images); by
             default the negation set's own ``reference``, if it has one.
@@ -198,16 +199,16 @@ class SafeDenoiser:
             beta = "gate" if reference is None else "local"
         if beta == "gate":
             return KernelGateBeta(self.negation)
-        if beta in ("local", "ratio", "hybrid"):
+        if beta in ("local", "labelled", "ratio", "hybrid"):
             if reference is None:
                 raise SafeDenoiserError(f"beta={beta!r} needs reference samples from the model (reference=..., or "
                                         "a negation set built with reference images)")
             if beta == "local":
                 return LocalPosterior(self.negation, reference)
-            estimator = KernelRatioBeta if beta == "ratio" else HybridBeta
+            estimator = {"labelled": LabelledReferenceBeta, "ratio": KernelRatioBeta, "hybrid": HybridBeta}[beta]
             return estimator(self.negation, reference, smoothing=self.smoothing)
-        raise SafeDenoiserError(f"unknown beta estimator {beta!r}; use 'auto', 'local', 'gate', 'ratio', 'hybrid' "
-                                "or an estimator object")
+        raise SafeDenoiserError(f"unknown beta estimator {beta!r}; use 'auto', 'local', 'gate', 'labelled', 'ratio', "
+                                "'hybrid' or an estimator object")
 
     @property
     def sample_shape(self) -> tuple[int, ...] | None:

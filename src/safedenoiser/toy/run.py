@@ -17,7 +17,7 @@ from safedenoiser.toy.spec import ToySpec
 
 Method = Literal["vanilla", "exact", "kernel"]
 METHODS = ("vanilla", "exact", "kernel")
-DEFAULT_ESTIMATOR = "hybrid"
+DEFAULT_ESTIMATOR = "labelled"  # benchmarks/estimators_toy.py
 REFERENCE_SAMPLES = 1000
 
 
@@ -53,7 +53,7 @@ def make_denoiser(spec: ToySpec, method: Method, *, estimator: str = DEFAULT_EST
         raise SafeDenoiserError(f"unknown method {method!r}; use one of {METHODS}")
     negation = NegationSet.from_latents(spec.negation_set())
     reference = None
-    if estimator in ("local", "ratio", "hybrid"):
+    if estimator in ("local", "labelled", "ratio", "hybrid"):
         gen = torch.Generator().manual_seed(seed + 7919)
         x = torch.randn(REFERENCE_SAMPLES, mixture.dim, dtype=torch.float64, generator=gen)
         reference = sample(sampler, mixture.denoise, x, steps, generator=gen)
