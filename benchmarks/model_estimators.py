@@ -38,7 +38,7 @@ from safedenoiser.eval.scenarios import (REFERENCE_SIZE, Scenario, reference_lat
 from safedenoiser.integrations.encode import vae_fingerprint
 
 # row name -> SafeDenoiser arguments
-ESTIMATORS = {"gate": {"beta": "gate"}, "hybrid": {"beta": "hybrid"},
+ESTIMATORS = {"gate": {"beta": "gate"}, "hybrid": {"beta": "hybrid"}, "labelled": {"beta": "labelled"},
               **{f"local{', latch' if latch else ''}, {space}": {"beta": "local", "latch": latch, "features": space}
                  for space in ("latent", "unet") for latch in (False, True)}}
 # the columns of `eval.methods.measure` shown here, and their headings
@@ -137,7 +137,8 @@ def main() -> None:
              "the bundled classifier; recognisable: its top probability >= 0.8; TV others: total variation between "
              "the other classes' shares (renormalised) and vanilla's (unconditional only).", "",
              "Estimators: `gate` (no reference; the default without one), `hybrid` (x_t-space density ratio or "
-             "gate), `local` (x0-space local posterior, core/local.py; the default with a reference, here with "
+             "gate), `labelled` (the x_t-space posterior of the reference samples labelled negated; the toy "
+             "default), `local` (x0-space local posterior, core/local.py; the default with a reference, here with "
              "`latch=False`), `local, latch` (`latch=True`: each sample's highest beta so far along its trajectory "
              "instead of each step's own, `latched_beta`, and the correction `held_safe_denoise`; what the default "
              "`latch=\"auto\"` does under guidance, i.e. in the text rows). `latent`: closeness measured in the "
