@@ -8,6 +8,8 @@ give along them. A trajectory bound
 for a kept component should get beta near 0; one bound for the negated component near 1 at low noise.
 A second table gives the gate's threshold (the median log kernel mass of the set's own points, each
 left out) beside the set's log kernel mass at the centres of the negated and the nearest kept component.
+A third, how `label_reference` labels the same reference samples at several kernel widths (`beta="labelled"`
+takes twice the set's width), against their most likely component.
 
     python benchmarks/toy_beta_paths.py [--n 2000] [--out docs/results/toy_beta_paths.md]
 """
@@ -21,6 +23,7 @@ import torch
 from torch import Tensor
 
 from estimators_toy import benchmark_mixtures
+from safedenoiser.core.beta import label_reference
 from safedenoiser.negation import NegationSet
 from safedenoiser.toy.run import make_denoiser
 from safedenoiser.toy.sampling import sample
@@ -28,6 +31,7 @@ from safedenoiser.toy.spec import parse_spec
 
 BANDS = (("sigma/alpha >= 1", 1.0, float("inf")), ("0.1 <= sigma/alpha < 1", 0.1, 1.0), ("sigma/alpha < 0.1", 0.0, 0.1))
 ROW = "| {} | {} | {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} |"
+LABEL_WIDTHS = (1.0, 1.5, 2.0, 3.0)  # label_reference's kernel width, in multiples of the set's
 
 
 def vanilla_states(spec, n: int, seed: int) -> tuple[list[tuple[Tensor, Tensor, Tensor, Tensor]], Tensor]:
@@ -54,18 +58,31 @@ def nearest_centres_mass(spec, negation: NegationSet) -> tuple[float, float]:
     return float(mass[0]), float(mass[1])
 
 
+def label_rows(name: str, spec, negation: NegationSet, reference: Tensor) -> list[str]:
+    """Per label width: the share of the reference labelled negated, its true share (most likely component),
+    and how many kept samples are labelled negated and negated ones kept."""
+    truth = torch.isin(spec.mixture.responsibilities(reference).argmax(1), torch.tensor(spec.negate))
+    rows = []
+    for width in LABEL_WIDTHS:
+        labels = label_reference(negation, reference, width)
+        rows.append(f"| {name} | {width:g} | {labels.double().mean():.1%} | {truth.double().mean():.1%} | "
+                    f"{int((labels & ~truth).sum())} | {int((~labels & truth).sum())} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=Path("docs/results/toy_beta_paths.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows, centres = [], []
+    rows, centres, labels = [], [], []
     for name, data in benchmark_mixtures().items():
         spec = parse_spec(data)
         _, safe = make_denoiser(spec, "kernel", estimator="hybrid", seed=0)  # as `run_toy` builds it
         negation, hybrid = safe.negation, safe.beta
         labelled = make_denoiser(spec, "kernel", estimator="labelled", seed=0)[1].beta  # the same reference
+        labels += label_rows(name, spec, negation, labelled.reference.latents.double())
         centres.append((name, hybrid.gate.tau, *nearest_centres_mass(spec, negation)))
         states, end = vanilla_states(spec, args.n, seed=0)
         negated_bound = torch.isin(end, torch.tensor(spec.negate))
@@ -103,6 +120,10 @@ def main() -> None:
     lines += ["", "| mixture | gate threshold | log mass at the negated centre | at the nearest kept centre |",
               "|---|---|---|---|"]
     lines += ["| {} | {:.2f} | {:.2f} | {:.2f} |".format(*row) for row in centres]
+    lines += ["", f"The {len(labelled.reference)} reference samples labelled negated by `label_reference` at each "
+              "kernel width (in multiples of the set's), against their most likely component:", "",
+              "| mixture | label width | labelled negated | truly negated | kept labelled negated "
+              "| negated labelled kept |", "|---|---|---|---|---|---|", *labels]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
 
