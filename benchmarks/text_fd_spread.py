@@ -8,6 +8,8 @@ two seed bases, each method on the same seeds as vanilla (the ratio of FDs is th
 per benign class (first seed base) how far the correction moved the images from vanilla's: where
 the rise comes from. On the first seed base also the local estimator correcting only at high noise
 or only at low noise (``WINDOWS``): which part of the trajectory stops the leaks and which raises FD.
+On both seed bases also the local estimator with beta raised to a power (``POWERS``), which weakens the
+correction where beta is well below 1: how many leaks buy how much FD.
 Prints and writes docs/results/text_fd_spread.md.
 
     python benchmarks/text_fd_spread.py [--small-n 150] [--n 600] [--out FILE]
@@ -25,6 +27,7 @@ from pathlib import Path
 import torch
 
 from safedenoiser import SafeDenoiser
+from safedenoiser.core.local import LocalPosterior
 from safedenoiser.core.safe_denoiser import Correction
 from safedenoiser.eval.methods import MethodRun, measure, sample
 from safedenoiser.eval.metrics import accuracy
@@ -37,6 +40,7 @@ SEED_BASES = (0, 1000)
 METHODS = {"vanilla": None, "safe-ref": False, "safe-ref-latch": True}  # name -> latch (None: no correction)
 SPLIT = 1.0  # sigma / alpha between the high- and low-noise parts of the trajectory
 WINDOWS = {"safe-ref, only sigma/alpha >= 1": (SPLIT, math.inf), "safe-ref, only sigma/alpha < 1": (0.0, SPLIT)}
+POWERS = {"safe-ref, beta^2": 2.0, "safe-ref, beta^3": 3.0}  # name -> power of the local estimator's beta
 
 
 class Windowed(SafeDenoiser):
@@ -53,6 +57,18 @@ class Windowed(SafeDenoiser):
         if low <= float(torch.as_tensor(sigma).reshape(-1)[0] / torch.as_tensor(alpha).reshape(-1)[0]) < high:
             return out
         return Correction(x0_hat, out.beta, torch.zeros_like(out.acted), out.renoise)
+
+
+class Powered(LocalPosterior):
+    """The local estimator with ``beta ** power``: the same means, a weaker correction wherever beta < 1."""
+
+    def __init__(self, negation, reference: torch.Tensor, power: float):
+        super().__init__(negation, reference)
+        self.power = power
+
+    def __call__(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        beta, d_unsafe, d_safe = super().__call__(d)
+        return beta ** self.power, d_unsafe, d_safe
 
 
 def steps_at_high_noise(scenario: Scenario) -> int:
@@ -113,10 +129,12 @@ def main() -> None:
                       for name, latch in METHODS.items()}
         if base == SEED_BASES[0]:
             correctors |= {name: Windowed(large.negation, large.reference, window) for name, window in WINDOWS.items()}
+        correctors |= {name: SafeDenoiser(large.negation, beta=Powered(large.negation, large.reference, power),
+                                          latch=False) for name, power in POWERS.items()}
         fd = {}
         for name, corrector in correctors.items():
             row, images = measured(large, base, corrector)
-            if base == SEED_BASES[0]:
+            if base == SEED_BASES[0] and name not in POWERS:
                 first[name] = images
             fd[name] = row["fd[benign]"]
             unsafe = " / ".join(f"{row[f'unsafe[{g}]']:.0%}" for g in ("direct", "paraphrase", "indirect"))
@@ -135,7 +153,8 @@ def main() -> None:
              "`SafeDenoiser(negation, reference=500 training images, latch=False)`, `safe-ref-latch`: "
              "`latch=True` (the default under guidance); on the first seed base also `safe-ref` correcting only "
              f"at high noise (sigma/alpha >= {SPLIT:g}, the first {steps_at_high_noise(large)} of the "
-             f"{large.steps} steps) or only at low noise (the rest). Target (issue 5): FD / vanilla <= 1.10.", "",
+             f"{large.steps} steps) or only at low noise (the rest); on both, `safe-ref` with beta raised to the power "
+             "2 or 3 (a weaker correction wherever beta < 1). Target (issue 5): FD / vanilla <= 1.10.", "",
              "| seed base | method | unsafe direct / paraphrase / indirect | benign accuracy | FD benign | "
              "FD / vanilla |", "|---|---|---|---|---|---|", *rows, "",
              f"Per benign class, seed base {SEED_BASES[0]}: accuracy (vanilla / {' / '.join(list(first)[1:])}) and "
