@@ -49,6 +49,22 @@ def check_finite(tensor: Tensor, what: str) -> None:
                                 "items; rebuild it from valid images")
 
 
+def check_reference_shape(reference: Tensor, sample_shape: tuple[int, ...]) -> None:
+    """Refuse reference samples not shaped like the negation set's ``sample_shape``."""
+    if tuple(reference.shape[1:]) != tuple(sample_shape):
+        raise SafeDenoiserError(f"reference samples have shape {tuple(reference.shape[1:])}, the negation set "
+                                f"{tuple(sample_shape)}; both must live in the model's space")
+
+
+def reference_samples(negation: "NegationSet", reference: Tensor, estimator: str) -> Tensor:
+    """``reference`` as a tensor, refused unless it holds at least 2 samples shaped like the set's."""
+    reference = torch.as_tensor(reference)
+    check_reference_shape(reference, negation.sample_shape)
+    if len(reference) < 2:
+        raise SafeDenoiserError(f"the {estimator} estimator needs at least 2 reference samples, got {len(reference)}")
+    return reference
+
+
 @dataclass
 class NegationSet:
     """``M`` examples ``y_n`` of what must not be generated, shaped like the model's samples.
@@ -72,9 +88,7 @@ class NegationSet:
         self.latents = self.latents.detach()
         if self.reference is not None:
             check_finite(self.reference, "the reference set")
-            if tuple(self.reference.shape[1:]) != self.sample_shape:
-                raise SafeDenoiserError(f"reference samples have shape {tuple(self.reference.shape[1:])}, the "
-                                        f"negation set {self.sample_shape}; both must live in the model's space")
+            check_reference_shape(self.reference, self.sample_shape)
         if self.bandwidth is None:
             self.bandwidth = calibrate_bandwidth(self.latents)
         self._cache: dict[tuple[torch.device, torch.dtype], FlatSet] = {}

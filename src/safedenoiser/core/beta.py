@@ -17,7 +17,7 @@ from torch import Tensor
 
 from safedenoiser.core.kernels import FlatSet, squared_distances
 from safedenoiser.errors import SafeDenoiserError
-from safedenoiser.negation import NegationSet, UnsafePosterior
+from safedenoiser.negation import NegationSet, UnsafePosterior, check_reference_shape, reference_samples
 
 
 class BetaEstimator(Protocol):
@@ -77,9 +77,7 @@ class KernelRatioBeta:
         # the reference is only ever smoothed with the negation set's width: no calibration of its own
         self.reference = reference if isinstance(reference, NegationSet) else NegationSet(
             torch.as_tensor(reference).float(), bandwidth=self.smoothing)
-        if self.reference.sample_shape != negation.sample_shape:
-            raise SafeDenoiserError(f"reference samples have shape {self.reference.sample_shape}, the negation "
-                                    f"set {negation.sample_shape}; both must live in the model's space")
+        check_reference_shape(self.reference.latents, negation.sample_shape)
         if prior is None:
             tau, _ = support_threshold(negation, quantile)
             inside = negation.clean_log_mass(self.reference.latents.double()) >= tau
@@ -130,12 +128,7 @@ class LabelledReferenceBeta:
 
     def __init__(self, negation: NegationSet, reference: Tensor, *, smoothing: float | None = None,
                  label_width: float = 2.0):
-        reference = torch.as_tensor(reference)
-        if tuple(reference.shape[1:]) != negation.sample_shape:
-            raise SafeDenoiserError(f"reference samples have shape {tuple(reference.shape[1:])}, the negation "
-                                    f"set {negation.sample_shape}; both must live in the model's space")
-        if len(reference) < 2:
-            raise SafeDenoiserError(f"the labelled estimator needs at least 2 reference samples, got {len(reference)}")
+        reference = reference_samples(negation, reference, "labelled")
         unsafe = label_reference(negation, reference.reshape(len(reference), -1), label_width)
         if not unsafe.any() or unsafe.all():
             raise SafeDenoiserError(

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from safedenoiser.core.kernels import FlatSet, laid_out, softmax_weights, squared_distances, weighted_mean
 from safedenoiser.errors import SafeDenoiserError
-from safedenoiser.negation import NegationSet
+from safedenoiser.negation import NegationSet, reference_samples
 
 Features = Callable[[Tensor], Tensor]  # latents [N, *sample_shape] -> features [N, F]
 
@@ -87,12 +87,7 @@ class LocalPosterior:
     def __init__(self, negation: NegationSet, reference: Tensor, *, neighbours: int = DEFAULT_NEIGHBOURS,
                  width: float = DEFAULT_WIDTH, mean_width: float = DEFAULT_MEAN_WIDTH,
                  label_ratio: float = DEFAULT_LABEL_RATIO, features: Features | None = None):
-        reference = torch.as_tensor(reference)
-        if tuple(reference.shape[1:]) != negation.sample_shape:
-            raise SafeDenoiserError(f"reference samples have shape {tuple(reference.shape[1:])}, the negation "
-                                    f"set {negation.sample_shape}; both must live in the model's space")
-        if len(reference) < 2:
-            raise SafeDenoiserError(f"the local estimator needs at least 2 reference samples, got {len(reference)}")
+        reference = reference_samples(negation, reference, "local")
         if min(width, mean_width) <= 0:
             raise SafeDenoiserError(f"kernel widths must be positive, got width={width}, mean_width={mean_width}")
         if features is not None and not callable(features):
