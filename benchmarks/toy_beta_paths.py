@@ -4,8 +4,8 @@ Runs vanilla DPM-Solver++ trajectories of each mixture, groups them by where the
 component, or a kept one) and, in three noise bands, prints and writes to
 docs/results/toy_beta_paths.md the mean beta that the exact rule, the estimators behind
 `beta="hybrid"` (its density ratio and its gate, each alone) and `beta="labelled"` (the toy default)
-give along them. A trajectory bound
-for a kept component should get beta near 0; one bound for the negated component near 1 at low noise.
+give along them. A trajectory bound for a kept component should get beta near 0; one bound for the
+negated component near 1 at low noise.
 A second table gives the gate's threshold (the median log kernel mass of the set's own points, each
 left out) beside the set's log kernel mass at the centres of the negated and the nearest kept component.
 A third, how `label_reference` labels the same reference samples at several kernel widths (`beta="labelled"`
