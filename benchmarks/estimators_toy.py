@@ -5,13 +5,14 @@ deviations from a kept one), each sampler (DPM-Solver++ ODE, ancestral) and each
 and writes to docs/results/estimators_toy.md: the share of samples whose most likely component is
 negated, SW2 to exact safe samples divided by the noise floor, and the wall time.
 
-    python benchmarks/estimators_toy.py [--n 4000] [--seeds 2] [--out docs/results/estimators_toy.md]
+    python benchmarks/estimators_toy.py [--n 4000] [--seeds 2] [--jobs 1] [--out docs/results/estimators_toy.md]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -49,40 +50,49 @@ METHODS = [("exact samples", "-"), ("vanilla", "-"), ("exact", "-"), ("kernel", 
 ORACLE = "ratio, true prior"  # the ratio estimator given the mixture's true b: isolates the error of its estimate
 
 
+def mixture_rows(pair: tuple[str, str], n: int, seeds: int) -> list[tuple]:
+    """Every method's row on one mixture with one sampler (mean and worst over ``seeds``)."""
+    torch.set_num_threads(1)
+    name, sampler = pair
+    spec = parse_spec(benchmark_mixtures()[name])
+    safe = spec.safe_mixture()
+    floor = noise_floor(safe, n)
+    rows = []
+    for method, estimator in METHODS:
+        if method == "exact samples" and sampler != "dpm++":
+            continue  # no sampler involved: one row per mixture
+        shares, ratios, times = [], [], []
+        for seed in range(seeds):
+            start = time.perf_counter()
+            if method == "exact samples":  # drawn from the safe mixture: the statistic's own spread
+                samples = safe.sample(n, torch.Generator().manual_seed(seed))[0]
+            else:
+                samples = run_toy(spec, method, n, seed, sampler=sampler,
+                                  estimator="ratio" if estimator in ("-", ORACLE) else estimator,
+                                  prior=spec.negated_weight if estimator == ORACLE else None).samples
+            times.append(time.perf_counter() - start)
+            shares.append(negated_share(samples, spec.mixture, spec.negate))
+            ratios.append(sw2_to_mixture(samples, safe) / floor)
+        row = (name, "-" if method == "exact samples" else sampler,
+               method if estimator == "-" else f"{method}/{estimator}",
+               sum(shares) / len(shares), max(shares), sum(ratios) / len(ratios), max(ratios),
+               sum(times) / len(times))
+        rows.append(row)
+        print(ROW.format(*row), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=4000)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("docs/results/estimators_toy.md"))
+    parser.add_argument("--jobs", type=int, default=1, help="processes, one (mixture, sampler) pair each")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    rows = []
-    for name, data in benchmark_mixtures().items():
-        spec = parse_spec(data)
-        safe = spec.safe_mixture()
-        floor = noise_floor(safe, args.n)
-        for sampler in ("dpm++", "ancestral"):
-            for method, estimator in METHODS:
-                if method == "exact samples" and sampler != "dpm++":
-                    continue  # no sampler involved: one row per mixture
-                shares, ratios, times = [], [], []
-                for seed in range(args.seeds):
-                    start = time.perf_counter()
-                    if method == "exact samples":  # drawn from the safe mixture: the statistic's own spread
-                        samples = safe.sample(args.n, torch.Generator().manual_seed(seed))[0]
-                    else:
-                        samples = run_toy(spec, method, args.n, seed, sampler=sampler,
-                                          estimator="ratio" if estimator in ("-", ORACLE) else estimator,
-                                          prior=spec.negated_weight if estimator == ORACLE else None).samples
-                    times.append(time.perf_counter() - start)
-                    shares.append(negated_share(samples, spec.mixture, spec.negate))
-                    ratios.append(sw2_to_mixture(samples, safe) / floor)
-                row = (name, "-" if method == "exact samples" else sampler,
-                       method if estimator == "-" else f"{method}/{estimator}",
-                       sum(shares) / len(shares), max(shares), sum(ratios) / len(ratios), max(ratios),
-                       sum(times) / len(times))
-                rows.append(row)
-                print(ROW.format(*row), flush=True)
+    pairs = [(name, sampler) for name in benchmark_mixtures() for sampler in ("dpm++", "ancestral")]
+    with ProcessPoolExecutor(args.jobs) as pool:  # one thread per process: timings stay comparable
+        rows = [row for rows in pool.map(mixture_rows, pairs, [args.n] * len(pairs), [args.seeds] * len(pairs))
+                for row in rows]
     lines = ["# Beta estimators on Gaussian mixtures", "",
              f"`python benchmarks/estimators_toy.py --n {args.n} --seeds {args.seeds}`: mean and worst over seeds "
              "of the negated share and of SW2 / noise floor (SW2 to exact safe samples, averaged over 8 exact "

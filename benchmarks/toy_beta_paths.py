@@ -8,8 +8,9 @@ give along them. A trajectory bound for a kept component should get beta near 0;
 negated component near 1 at low noise.
 A second table gives the gate's threshold (the median log kernel mass of the set's own points, each
 left out) beside the set's log kernel mass at the centres of the negated and the nearest kept component.
-A third, how `label_reference` labels the same reference samples at several kernel widths (`beta="labelled"`
-takes twice the set's width), against their most likely component.
+A third, how `label_reference` labels the same reference samples at several kernel widths, in the samples
+themselves and in the model's denoised estimates at sigma/alpha = 2 (`toy.run.denoised_features`; the toy's
+`beta="labelled"` takes twice the width there), against their most likely component.
 
     python benchmarks/toy_beta_paths.py [--n 2000] [--out docs/results/toy_beta_paths.md]
 """
@@ -25,7 +26,7 @@ from torch import Tensor
 from estimators_toy import benchmark_mixtures
 from safedenoiser.core.beta import label_reference
 from safedenoiser.negation import NegationSet
-from safedenoiser.toy.run import make_denoiser
+from safedenoiser.toy.run import LABEL_LEVEL, denoised_features, make_denoiser
 from safedenoiser.toy.sampling import sample
 from safedenoiser.toy.spec import parse_spec
 
@@ -62,11 +63,15 @@ def label_rows(name: str, spec, negation: NegationSet, reference: Tensor) -> lis
     """Per label width: the share of the reference labelled negated, its true share (most likely component),
     and how many kept samples are labelled negated and negated ones kept."""
     truth = torch.isin(spec.mixture.responsibilities(reference).argmax(1), torch.tensor(spec.negate))
+    features = denoised_features(spec.mixture.denoise)
+    spaces = {"samples": (negation, reference),
+              f"D at sigma/alpha = {LABEL_LEVEL:g}": (NegationSet(features(negation.latents).float()), features(reference))}
     rows = []
-    for width in LABEL_WIDTHS:
-        labels = label_reference(negation, reference, width)
-        rows.append(f"| {name} | {width:g} | {labels.double().mean():.1%} | {truth.double().mean():.1%} | "
-                    f"{int((labels & ~truth).sum())} | {int((~labels & truth).sum())} |")
+    for space, (keys, points) in spaces.items():
+        for width in LABEL_WIDTHS:
+            labels = label_reference(keys, points, width)
+            rows.append(f"| {name} | {space} | {width:g} | {labels.double().mean():.1%} | {truth.double().mean():.1%} "
+                        f"| {int((labels & ~truth).sum())} | {int((~labels & truth).sum())} |")
     return rows
 
 
@@ -121,9 +126,10 @@ def main() -> None:
               "|---|---|---|---|"]
     lines += ["| {} | {:.2f} | {:.2f} | {:.2f} |".format(*row) for row in centres]
     lines += ["", f"The {len(labelled.reference)} reference samples labelled negated by `label_reference` at each "
-              "kernel width (in multiples of the set's), against their most likely component:", "",
-              "| mixture | label width | labelled negated | truly negated | kept labelled negated "
-              "| negated labelled kept |", "|---|---|---|---|---|---|", *labels]
+              "kernel width (in multiples of the set's bandwidth in that space), in the samples themselves and in the "
+              "model's denoised estimates, against their most likely component:", "",
+              "| mixture | labelled in | label width | labelled negated | truly negated | kept labelled negated "
+              "| negated labelled kept |", "|---|---|---|---|---|---|---|", *labels]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
 

@@ -55,19 +55,30 @@ def test_reference_labels_follow_the_negated_component(setting):
     assert torch.equal(label_reference(negation, reference, width=2.0, block=100), labels)  # blocks change nothing
 
 
-def test_labelled_beta_is_the_noised_reference_posterior_of_its_labels():
-    """By hand: beta = sum_k u_k N(x; a r_k, v) / sum_k N(x; a r_k, v), v = s^2 + a^2 h^2."""
-    negation = NegationSet(torch.tensor([[0.0, 4.0], [0.1, 4.1], [-0.1, 3.9]], dtype=torch.float64), bandwidth=0.3)
-    reference = torch.tensor([[0.0, 4.05], [-5.0, 0.0], [-5.1, 0.1], [5.0, 0.0], [5.1, 0.2]], dtype=torch.float64)
+def test_labelled_beta_is_the_noised_reference_posterior_of_its_labels_bounded_by_the_set():
+    """By hand: beta = min((1/K) sum_k u_k N(x; a r_k, v), (1/M) sum_n N(x; a y_n, v)) / ((1/K) sum_k N(x; a r_k, v)),
+    v = s^2 + a^2 h^2."""
+    y = torch.tensor([[0.0, 4.0], [0.1, 4.1], [-0.1, 3.9]], dtype=torch.float64)
+    negation = NegationSet(y, bandwidth=0.3)
+    reference = torch.tensor([[0.0, 4.6], [-5.0, 0.0], [-5.1, 0.1], [5.0, 0.0], [5.1, 0.2]], dtype=torch.float64)
     est = LabelledReferenceBeta(negation, reference)
     assert est.negated_reference.tolist() == [True, False, False, False, False] and est.prior == 0.2
-    x = torch.tensor([[0.0, 3.0], [2.0, 1.0], [-4.0, 0.5]], dtype=torch.float64)
+    x = torch.tensor([[0.0, 3.0], [2.0, 1.0], [-4.0, 0.5], [0.0, 5.5]], dtype=torch.float64)
+    bound_acted = False
     for ratio in (0.1, 1.0, 10.0):
         a, s = _levels(ratio)
         v = s ** 2 + (a * 0.3) ** 2
         k = torch.exp(-torch.cdist(x, a * reference).square() / (2 * v))
-        expected = k[:, 0] / k.sum(1)
-        torch.testing.assert_close(est(x, a, s, x, None), expected)
+        k_set = torch.exp(-torch.cdist(x, a * y).square() / (2 * v))
+        labelled, bound = k[:, 0] / 5, k_set.mean(1)
+        # the estimator keeps the reference in float32, as every set
+        expected = torch.minimum(labelled, bound) / k.mean(1)
+        torch.testing.assert_close(est(x, a, s, x, None), expected, rtol=1e-5, atol=1e-9)
+        # the posterior given by SafeDenoiser carries the same density of the set
+        unsafe = negation.posterior(x, a.expand(4), s.expand(4), smoothing=0.3)
+        torch.testing.assert_close(est(x, a, s, x, unsafe), est(x, a, s, x, None))
+        bound_acted |= bool((bound < labelled).any())
+    assert bound_acted  # x = (0, 5.5) is nearer the labelled sample than the set
 
 
 @pytest.mark.parametrize("ratio", [50.0, 1.0, 0.1])

@@ -113,39 +113,54 @@ class LabelledReferenceBeta:
     """The reference set's own posterior share of unsafe samples at ``x_t``.
 
     Each reference sample ``r_k`` is labelled unsafe (``u_k = 1``) or safe by `label_reference` at
-    noise level 0; then, with the reference smoothed by the set's width ``h`` and noised to level t,
+    noise level 0; then, with both sets smoothed by the negation set's width ``h`` and noised to level t,
 
-        beta(x_t) = sum_k u_k N(x_t; alpha r_k, v I) / sum_k N(x_t; alpha r_k, v I),    v = sigma^2 + alpha^2 h^2.
+        beta(x_t) = min( sum_k u_k N(x_t; alpha r_k, v I) / K,  p_unsafe,t(x_t) ) / p_ref,t(x_t),
+        p_ref,t = (1/K) sum_k N(x_t; alpha r_k, v I),    v = sigma^2 + alpha^2 h^2.
 
-    This is ``P(unsafe | x_t)`` exactly when the reference is the model's distribution and ``u_k`` is
-    ``P(unsafe | r_k)``: numerator and denominator share their samples and kernel, so neither a prior
-    ``b`` (here the labelled share) nor the negation set's density enters, which is where
-    `KernelRatioBeta` errs (benchmarks/estimators_toy.py, "ratio, true prior"). The labels use a
-    kernel ``label_width = 2`` times the set's width: with the set's own width, 115 of the 429 negated
-    reference samples of the 16-D benchmark mixture are labelled safe, with twice it none; wider
-    kernels label more kept samples negated where components overlap (benchmarks/toy_beta_paths.py).
+    The first term is ``P(unsafe | x_t)`` exactly when the reference is the model's distribution and
+    ``u_k`` is ``P(unsafe | r_k)``: numerator and denominator share their samples and kernel, so no
+    prior ``b`` (here the labelled share) is estimated, which is where `KernelRatioBeta` errs
+    (benchmarks/estimators_toy.py, "ratio, true prior"). The second is the bound every true beta obeys,
+    ``b p_unsafe,t / p_t <= p_unsafe,t / p_t``: where the nearest reference samples are labelled
+    negated but the negation set itself is far, it keeps beta, and with it the push away from
+    ``D_unsafe``, small; without it such pushes could throw samples of a stochastic sampler off the data.
+
+    The labels use a kernel ``label_width = 2`` times the set's width: with the set's own width, 115 of
+    the 429 negated reference samples of the 16-D benchmark mixture are labelled safe, with twice it
+    none; wider kernels label more kept samples negated where components overlap
+    (benchmarks/toy_beta_paths.py). ``features`` (a function of samples [N, *shape] -> [N, F]), when
+    given, is where the labels are computed, with a bandwidth calibrated there: the toys label in the
+    model's denoised estimates at a moderate noise level (`toy.run.denoised_features`), which shrink the
+    within-component spread that dominates distances in many dimensions.
     """
 
     def __init__(self, negation: NegationSet, reference: Tensor, *, smoothing: float | None = None,
-                 label_width: float = 2.0):
+                 label_width: float = 2.0, features: Callable[[Tensor], Tensor] | None = None):
         reference = reference_samples(negation, reference, "labelled")
-        unsafe = label_reference(negation, reference.reshape(len(reference), -1), label_width)
+        if features is None:
+            unsafe = label_reference(negation, reference.reshape(len(reference), -1), label_width)
+        else:
+            keys = NegationSet(features(negation.latents).reshape(len(negation), -1).float())
+            unsafe = label_reference(keys, features(reference).reshape(len(reference), -1), label_width)
         if not unsafe.any() or unsafe.all():
             raise SafeDenoiserError(
                 f"{int(unsafe.sum())} of {len(reference)} reference samples lie in the negation set's region; the "
                 "labelled estimator needs ordinary samples of the model that include some of the concept and "
                 "some of everything else (more reference samples, or beta='gate')")
         smoothing = negation.bandwidth if smoothing is None else smoothing
-        self.smoothing, self.negated_reference = smoothing, unsafe
+        self.smoothing, self.negated_reference, self.negation = smoothing, unsafe, negation
         self.negated = NegationSet(reference[unsafe].float(), bandwidth=smoothing)  # the u_k = 1 samples
         self.reference = NegationSet(reference.float(), bandwidth=smoothing)
         self.prior = float(unsafe.double().mean())
 
     def __call__(self, x_t, alpha, sigma, x0_hat, unsafe):
-        # sum_k u_k N / sum_k N = (share labelled) x (their noised density) / (the whole reference's)
-        log_negated = self.negated.log_density(x_t, alpha, sigma, smoothing=self.smoothing)
+        # (1/K) sum_k u_k N = (share labelled) x (their noised density)
+        log_labelled = math.log(self.prior) + self.negated.log_density(x_t, alpha, sigma, smoothing=self.smoothing)
+        log_unsafe = unsafe.log_density if unsafe is not None else \
+            self.negation.log_density(x_t, alpha, sigma, smoothing=self.smoothing)
         log_reference = self.reference.log_density(x_t, alpha, sigma, smoothing=self.smoothing)
-        return (math.log(self.prior) + log_negated - log_reference).clamp(max=0.0).exp()
+        return (torch.minimum(log_labelled, log_unsafe) - log_reference).clamp(max=0.0).exp()
 
 
 class KernelGateBeta:

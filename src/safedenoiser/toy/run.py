@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
 
-from safedenoiser.core.beta import ExactBeta, KernelRatioBeta
+from safedenoiser.core.beta import ExactBeta, KernelRatioBeta, LabelledReferenceBeta
 from safedenoiser.core.safe_denoiser import SafeDenoiser
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet
@@ -19,6 +20,21 @@ Method = Literal["vanilla", "exact", "kernel"]
 METHODS = ("vanilla", "exact", "kernel")
 DEFAULT_ESTIMATOR = "labelled"  # benchmarks/estimators_toy.py
 REFERENCE_SAMPLES = 1000
+LABEL_LEVEL = 2.0  # sigma / alpha of the denoised estimates the labelled estimator labels in
+
+
+def denoised_features(denoise: Callable[[Tensor, Tensor, Tensor], Tensor],
+                      level: float = LABEL_LEVEL) -> Callable[[Tensor], Tensor]:
+    """``x -> D(alpha x, alpha, sigma)`` at ``sigma / alpha = level`` (VP, no noise drawn): the model's estimate of
+    a point seen through noise of that level, which keeps what sets components apart and shrinks the rest."""
+    alpha = 1 / math.sqrt(1 + level * level)
+
+    def features(x: Tensor) -> Tensor:
+        x = x.double()
+        a = torch.tensor(alpha, dtype=x.dtype)
+        return denoise(a * x, a, a * level)
+
+    return features
 
 
 @dataclass
@@ -36,7 +52,8 @@ def make_denoiser(spec: ToySpec, method: Method, *, estimator: str = DEFAULT_EST
     """The denoiser for ``method``: the mixture's own ``D``, the exact safe one, or the kernel one.
 
     ``kernel`` sees only what a user of a real model has: ``D`` (as a network) and the finite
-    negation set; the ``ratio`` estimator also draws its reference set from ``D`` with the sampler.
+    negation set; the estimators that need reference samples draw them from ``D`` with the sampler, and the
+    ``labelled`` one labels them in ``D``'s estimates at noise level `LABEL_LEVEL` (`denoised_features`).
     ``prior`` replaces the ``ratio`` estimator's calibrated ``b`` (benchmarks pass the true one to
     isolate the error of its estimate).
     """
@@ -61,6 +78,8 @@ def make_denoiser(spec: ToySpec, method: Method, *, estimator: str = DEFAULT_EST
         if estimator != "ratio":
             raise SafeDenoiserError(f"prior= sets the ratio estimator's b; the {estimator!r} estimator has none")
         estimator = KernelRatioBeta(negation, reference, prior=prior)
+    elif estimator == "labelled":
+        estimator = LabelledReferenceBeta(negation, reference, features=denoised_features(mixture.denoise))
     safe = SafeDenoiser(negation, beta=estimator, reference=reference, **kwargs)
     return safe.wrap(mixture.denoise), safe
 
