@@ -186,7 +186,7 @@ class NegationSet:
         batch = x_t.shape[0]
         x = x_t.reshape(batch, -1)
         y = self.flat(x.device, x.dtype)
-        a, s, variance = _noise_levels(x, alpha, sigma, smoothing)
+        a, s, variance = noise_levels(x, alpha, sigma, smoothing)
         rows, scale, bandwidth = x, a, 2 * variance
         if x0_hat is not None:  # stack the clean kernel's rows under x_t's: one pass over the set
             d = x0_hat.reshape(batch, -1).to(x.dtype)
@@ -221,7 +221,7 @@ class NegationSet:
         return one, one * (2 * self.bandwidth ** 2)
 
 
-def _noise_levels(x: Tensor, alpha: Tensor, sigma: Tensor, smoothing: float) -> tuple[Tensor, Tensor, Tensor]:
+def noise_levels(x: Tensor, alpha: Tensor, sigma: Tensor, smoothing: float) -> tuple[Tensor, Tensor, Tensor]:
     """Per-row ``alpha``, ``sigma`` and ``v = sigma^2 + alpha^2 h^2`` [B] for the rows of ``x`` (``h = smoothing``)."""
     a = torch.as_tensor(alpha, dtype=x.dtype, device=x.device).expand(x.shape[0])
     s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])

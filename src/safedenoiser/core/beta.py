@@ -15,9 +15,10 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor
 
-from safedenoiser.core.kernels import FlatSet, squared_distances
+from safedenoiser.core.kernels import FlatSet, gaussian_log_density, kernel_logits, squared_distances
 from safedenoiser.errors import SafeDenoiserError
-from safedenoiser.negation import NegationSet, UnsafePosterior, check_reference_shape, reference_samples
+from safedenoiser.negation import (NegationSet, UnsafePosterior, check_reference_shape, noise_levels,
+                                   reference_samples)
 
 
 class BetaEstimator(Protocol):
@@ -150,17 +151,20 @@ class LabelledReferenceBeta:
                 "some of everything else (more reference samples, or beta='gate')")
         smoothing = negation.bandwidth if smoothing is None else smoothing
         self.smoothing, self.negated_reference, self.negation = smoothing, unsafe, negation
-        self.negated = NegationSet(reference[unsafe].float(), bandwidth=smoothing)  # the u_k = 1 samples
         self.reference = NegationSet(reference.float(), bandwidth=smoothing)
         self.prior = float(unsafe.double().mean())
 
     def __call__(self, x_t, alpha, sigma, x0_hat, unsafe):
-        # (1/K) sum_k u_k N = (share labelled) x (their noised density)
-        log_labelled = math.log(self.prior) + self.negated.log_density(x_t, alpha, sigma, smoothing=self.smoothing)
+        x = x_t.reshape(len(x_t), -1)
+        a, _, variance = noise_levels(x, alpha, sigma, self.smoothing)
+        # one pass over the reference: the labelled columns' share of it, and its density
+        logits = kernel_logits(x, self.reference.flat(x.device, x.dtype), scale=a, bandwidth=2 * variance)
+        log_mass = torch.logsumexp(logits, 1)
+        labelled_share = torch.logsumexp(logits[:, self.negated_reference.to(x.device)], 1) - log_mass
+        log_reference = gaussian_log_density(log_mass, set_size=len(self.reference), dim=x.shape[1], variance=variance)
         log_unsafe = unsafe.log_density if unsafe is not None else \
             self.negation.log_density(x_t, alpha, sigma, smoothing=self.smoothing)
-        log_reference = self.reference.log_density(x_t, alpha, sigma, smoothing=self.smoothing)
-        return (torch.minimum(log_labelled, log_unsafe) - log_reference).clamp(max=0.0).exp()
+        return torch.minimum(labelled_share, log_unsafe - log_reference).clamp(max=0.0).exp()
 
 
 class KernelGateBeta:
