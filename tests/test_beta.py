@@ -168,3 +168,29 @@ def test_weight_cap_defaults_to_the_estimators_own(setting):
     assert SafeDenoiser(negation).max_weight == KernelGateBeta.max_weight == 100.0
     assert SafeDenoiser(negation, beta="hybrid", reference=reference).max_weight == 20.0
     assert SafeDenoiser(negation, max_weight=5.0).max_weight == 5.0
+
+
+@pytest.mark.parametrize("size", [1000, 6000])
+def test_thresholds_keep_their_quantile_at_any_set_size(size):
+    """Sets above 2,048 points calibrate on a subset, scaled to the whole set that the gates read: a
+    fresh point of the set's own kind falls below either threshold 5% of the time at any size."""
+    gen = torch.Generator().manual_seed(6)
+    neg = NegationSet(torch.randn(size, 4, generator=gen), bandwidth=0.5)
+    fresh = torch.randn(4000, 4, generator=gen).double()
+    below_gate = (neg.clean_log_mass(fresh) < KernelGateBeta(neg).tau).double().mean()
+    mass = torch.exp(-torch.cdist(fresh, neg.latents.double()) / (2 * 0.5 ** 2)).sum(1)
+    below_paper = (mass < calibrate_tau(neg, 0.5, 0.05)).double().mean()
+    assert 0.03 < float(below_gate) < 0.07 and 0.03 < float(below_paper) < 0.07
+
+
+def test_a_single_image_is_refused_where_a_threshold_is_calibrated_from_pairs():
+    gen = torch.Generator().manual_seed(7)
+    neg = NegationSet.from_latents(torch.randn(1, 8, generator=gen))
+    with pytest.raises(SafeDenoiserError, match="has 1: give at least 2 images, or reference images"):
+        SafeDenoiser(neg)
+    with pytest.raises(SafeDenoiserError, match="has 1: give at least 2 images, or tau="):
+        SafeDenoiser(neg, preset="sd14-memorization")
+    assert SafeDenoiser(neg, preset="sd14-memorization", tau=0.5).paper.tau == 0.5
+    local = SafeDenoiser(neg, reference=torch.randn(50, 8, generator=gen))
+    x0 = neg.latents.clone()
+    assert local.correct(x0, 1.0, 0.1, x0).acted.all()  # the one image still repels

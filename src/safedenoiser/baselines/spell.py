@@ -14,11 +14,11 @@ works on every pipeline and scheduler the safe denoiser supports.
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor
 
+from safedenoiser.core.bandwidth import MAX_PAIRWISE_POINTS, calibration_points, distances_to_others
 from safedenoiser.core.kernels import FlatSet, squared_distances
 from safedenoiser.core.safe_denoiser import Correction, StepRecord
 from safedenoiser.errors import SafeDenoiserError
@@ -48,16 +48,14 @@ def repel(x: Tensor, y: FlatSet, radius: float, *, chunk_size: int = DEFAULT_CHU
     return x + push_coef * x - pull, hits
 
 
-def calibrate_radius(negation: NegationSet, quantile: float = 0.5, max_points: int = 2048) -> float:
+def calibrate_radius(negation: NegationSet, quantile: float = 0.5, max_points: int = MAX_PAIRWISE_POINTS) -> float:
     """The ``quantile`` of the set's leave-one-out nearest-neighbour distances (in its own space).
 
     A sample of the negated kind lies about as far from its nearest set point as set points lie
     from each other, so the median covers about half of them, a high quantile nearly all.
     """
-    y = negation.latents.reshape(len(negation), -1).double()[:max_points]
-    if y.shape[0] < 2:
-        raise SafeDenoiserError("SPELL needs at least two negation points to calibrate its radius; give radius=")
-    nn = torch.cdist(y, y).fill_diagonal_(math.inf).min(1).values
+    y = calibration_points(negation.latents, max_points)
+    nn = distances_to_others(y, "SPELL's radius", "radius=").min(1).values
     return float(torch.quantile(nn, quantile))
 
 

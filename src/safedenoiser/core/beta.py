@@ -15,6 +15,7 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor
 
+from safedenoiser.core.bandwidth import MAX_PAIRWISE_POINTS, calibration_points, distances_to_others
 from safedenoiser.core.kernels import FlatSet, gaussian_log_density, kernel_logits, squared_distances
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import (NegationSet, UnsafePosterior, check_reference_shape, noise_levels,
@@ -50,11 +51,15 @@ class ConstantBeta:
 
 def support_threshold(negation: NegationSet, quantile: float) -> tuple[float, float]:
     """``tau``: the ``quantile`` of the leave-one-out clean log-mass over the set's own points, and
-    the spread ``median - tau`` (a scale for soft gates)."""
+    the spread ``median - tau`` (a scale for soft gates).
+
+    A set larger than `MAX_PAIRWISE_POINTS` is calibrated on a random m of its M points, each point's
+    mass over the m - 1 others scaled by (M - 1) / (m - 1) to the whole set's, which the gate reads."""
     h = negation.bandwidth
-    y = negation.latents.reshape(len(negation), -1).double()[:2048]
-    sq = torch.cdist(y, y).square().fill_diagonal_(math.inf)
-    loo = torch.logsumexp(-sq / (2 * h * h), 1)
+    y = calibration_points(negation.latents, MAX_PAIRWISE_POINTS)
+    sq = distances_to_others(y, "the kernel gate's threshold",
+                             "reference images with beta='local'").square()
+    loo = torch.logsumexp(-sq / (2 * h * h), 1) + math.log((len(negation) - 1) / (len(y) - 1))
     tau = float(torch.quantile(loo, quantile))
     return tau, max(float(loo.median()) - tau, 1e-3)
 

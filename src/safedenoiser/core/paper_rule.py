@@ -12,11 +12,10 @@ unchanged model output (``renoise = True``).  Unlike the identity, this is a fix
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
+from safedenoiser.core.bandwidth import MAX_PAIRWISE_POINTS, calibration_points, distances_to_others
 from safedenoiser.core.kernels import kernel_mean
 from safedenoiser.negation import NegationSet
 
@@ -28,8 +27,6 @@ class PaperRule:
     (SD v1.4's timestep 780 of 1000 is ``sigma / alpha = 4.67``). ``tau=None`` calibrates the gate as
     the ``tau_quantile`` of the leave-one-out mass over the set's own points, minus ``tau_margin``.
     """
-
-    renoise = True
 
     def __init__(self, negation: NegationSet, *, h: float, s: float, window: float,
                  tau: float | None = None, tau_quantile: float = 0.05, tau_margin: float = 0.0):
@@ -53,8 +50,8 @@ class PaperRule:
 
 
 def calibrate_tau(negation: NegationSet, h: float, quantile: float) -> float:
-    """The ``quantile`` of the kernel mass ``m(y_i) = sum_{n != i} k(y_i, y_n)`` over the set."""
-    y = negation.latents.reshape(len(negation), -1).double()[:2048]
-    dist = torch.cdist(y, y).fill_diagonal_(math.inf)
-    mass = torch.exp(-dist / (2 * h * h)).sum(1)
-    return float(torch.quantile(mass, quantile))
+    """The ``quantile`` of the kernel mass ``m(y_i) = sum_{n != i} k(y_i, y_n)`` over the set (a larger
+    set: over a random m of its M points, each mass scaled by (M - 1) / (m - 1) to the whole set's)."""
+    y = calibration_points(negation.latents, MAX_PAIRWISE_POINTS)
+    mass = torch.exp(-distances_to_others(y, "the paper rule's tau", "tau=") / (2 * h * h)).sum(1)
+    return float(torch.quantile(mass, quantile)) * (len(negation) - 1) / (len(y) - 1)

@@ -33,6 +33,7 @@ from torch import Tensor
 from safedenoiser import SafeDenoiser
 from safedenoiser.baselines import NegativeGuidance, RejectionSampler, SafetyGuidance, Spell
 from safedenoiser.baselines.rejection import SEED_STRIDE
+from safedenoiser.core.bandwidth import MAX_PAIRWISE_POINTS, calibration_points, distances_to_others
 from safedenoiser.core.local import DEFAULT_NEIGHBOURS, LocalPosterior
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.eval.metrics import (accuracy, class_histogram, frechet_distance, near_copies, tv_distance,
@@ -73,8 +74,8 @@ def paper_bandwidth(negation) -> float:
     The paper's ``h = 3.15`` is for SD latents of dimension 16,384; the kernel
     ``exp(-||x - y|| / (2 h^2))`` then weighs a typical neighbour by ``e^-1`` in our 256-d latents.
     """
-    y = negation.latents.reshape(len(negation), -1).double()[:2048]
-    nn = torch.cdist(y, y).fill_diagonal_(math.inf).min(1).values
+    y = calibration_points(negation.latents, MAX_PAIRWISE_POINTS)
+    nn = distances_to_others(y, "the paper rule's h", "h=").min(1).values
     return math.sqrt(float(nn.median()) / 2)
 
 
