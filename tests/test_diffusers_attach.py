@@ -159,6 +159,25 @@ def test_set_timesteps_starts_a_new_trace(sd_pipe):
     assert len(safe.trace) == 3
 
 
+def test_a_new_call_does_not_inherit_the_latched_beta():
+    """One-step runs share the noise level, so only ``set_timesteps`` tells the runs apart."""
+    gen = torch.Generator().manual_seed(0)
+    negation = NegationSet.from_latents(3 + 0.3 * torch.randn(64, *LATENT, generator=gen))
+    reference = torch.cat([-3 + 0.3 * torch.randn(200, *LATENT, generator=gen),
+                           3 + 0.3 * torch.randn(50, *LATENT, generator=gen)])
+    safe = SafeDenoiser(negation, reference=reference, latch=True)
+    scheduler = diffusers.DDIMScheduler(num_train_timesteps=1000, prediction_type="sample")
+    betas = []
+    for centre in (3.0, -3.0):  # a request for the negated kind, then an ordinary one
+        with safe.attach(scheduler):
+            for _ in range(2):  # twice within the block too
+                scheduler.set_timesteps(1)
+                x0 = centre + 0.3 * torch.randn(BATCH, *LATENT, generator=gen)
+                scheduler.step(x0, scheduler.timesteps[0], torch.randn(BATCH, *LATENT, generator=gen))
+                betas.append(safe.trace[-1].beta_max)
+    assert min(betas[:2]) > 0.99 and max(betas[2:]) < 0.01
+
+
 # ------------------------------------------------------------------------------ refusals
 
 

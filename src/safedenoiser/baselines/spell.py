@@ -8,12 +8,11 @@ negation point it falls into:
 
 Points farther than ``r`` from every ``y_n`` are untouched (the repellency is sparse). `Spell` has
 the interface of `SafeDenoiser` that `safedenoiser.integrations.diffusers.attach` drives
-(``correct``, ``trace``, ``sample_shape``, ``negation``), so ``with spell.attach(pipe): pipe(...)``
+(``correct``, ``reset``, ``trace``, ``sample_shape``, ``negation``), so ``with spell.attach(pipe): pipe(...)``
 works on every pipeline and scheduler the safe denoiser supports.
 """
 
 from __future__ import annotations
-
 
 import torch
 from torch import Tensor
@@ -100,6 +99,10 @@ class Spell:
         self.trace.append(StepRecord(sigma=s, alpha=a, beta_mean=float(hits.double().mean()),
                                      beta_max=float(hits.max()), acted=int(acted.sum()), batch=batch))
         return Correction(moved.reshape(x0_hat.shape).to(x0_hat.dtype), hits.to(dtype), acted, False)
+
+    def reset(self) -> None:
+        """Start a new sampling run: an empty `trace`."""
+        self.trace = []
 
     def attach(self, pipe):
         """Context manager: sample ``pipe`` with repellency (wraps ``pipe.scheduler.step``)."""

@@ -159,9 +159,8 @@ class SafeDenoiser:
         self.latch, self.features = latch, features
         self._unet_features: UNetFeatures | None = None  # of the pipeline `bind` last saw
         self._in_features: LocalPosterior | None = None  # the local estimator in them, built when first needed
-        self._latched: tuple[Tensor, float] | None = None  # (beta so far, noise level sigma/alpha of the last call)
         self.max_weight, self.min_weight = DEFAULT_MAX_WEIGHT if max_weight is None else max_weight, min_weight
-        self.trace: list[StepRecord] = []
+        self.reset()
         self.paper: PaperRule | None = None
         if latch is True and (preset is not None or params):
             raise SafeDenoiserError("latch is for the local estimator; the paper rule has none")
@@ -245,6 +244,12 @@ class SafeDenoiser:
                                      beta_max=float(beta.max()), acted=int(acted.sum()), batch=batch,
                                      latched=latch, in_features=local is not None))
         return Correction(x0.to(x0_hat.dtype), beta, acted, renoise)
+
+    def reset(self) -> None:
+        """Start a new sampling run: an empty `trace`, and no beta held by the latch (`attach` calls this at
+        every ``set_timesteps``, so one pipeline call never inherits the beta another call's images reached)."""
+        self.trace: list[StepRecord] = []
+        self._latched: tuple[Tensor, float] | None = None  # (beta so far, noise level sigma/alpha of the last call)
 
     def bind(self, pipe) -> None:
         """Give the local estimator ``pipe``'s UNet features as ``features`` asks (`attach` calls this).

@@ -178,7 +178,8 @@ def attach(safe, pipe) -> Iterator[object]:
     ``pipe`` is any object with a ``scheduler`` (a diffusers pipeline, or a user's own holder), or a
     scheduler itself. The scheduler's ``step`` and ``set_timesteps`` become instance attributes
     for the block and are removed (or the previous ones restored) on exit, also on error.
-    ``set_timesteps`` starts a new ``safe.trace``. Refuses, before sampling, an unsupported
+    Entering the block and every ``set_timesteps`` start a new run (``safe.reset()``: an empty
+    ``safe.trace``, no latched beta). Refuses, before sampling, an unsupported
     scheduler or prediction type and a negation set from another space (shape, channels, VAE).
     ``safe.bind(pipe)`` gives the local estimator the UNet's features (`SafeDenoiser`'s ``features``).
     """
@@ -193,11 +194,11 @@ def attach(safe, pipe) -> Iterator[object]:
     original_step, original_set_timesteps = scheduler.step, scheduler.set_timesteps
 
     def set_timesteps(*args, **kwargs):
-        safe.trace = []
+        safe.reset()
         return original_set_timesteps(*args, **kwargs)
 
     set_timesteps.__wrapped__ = original_set_timesteps
-    safe.trace = []
+    safe.reset()
     scheduler.step = _safe_step(safe, scheduler, original_step, pipe)
     scheduler.set_timesteps = set_timesteps
     try:
