@@ -189,6 +189,16 @@ def test_refuses_an_unknown_scheduler_at_attach(sd_pipe):
     assert "step" not in sd_pipe.scheduler.__dict__
 
 
+@pytest.mark.parametrize("name", ["PNDM", "DPMSinglestep"])
+def test_refuses_the_paper_rule_with_a_scheduler_that_would_drop_its_renoising(sd_pipe, name):
+    sd_pipe.scheduler = SCHEDULERS[name]()
+    with pytest.raises(SafeDenoiserError, match="paper rule re-noises"):
+        with SafeDenoiser(far_set(), preset="sd14-nudity").attach(sd_pipe):
+            pass
+    with SafeDenoiser(far_set()).attach(sd_pipe):  # the identity replaces the model output: fine
+        pass
+
+
 def test_refuses_an_unknown_prediction_type_at_attach(sd_pipe):
     sd_pipe.scheduler = diffusers.DDIMScheduler.from_config(SD_SCHEDULER, prediction_type="mystery")
     with pytest.raises(SafeDenoiserError, match="prediction type 'mystery'"):

@@ -37,19 +37,26 @@ VP_SIGMAS = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
 SIGMA_SPACE = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler")
 FLOW = ("FlowMatchEulerDiscreteScheduler",)
 SUPPORTED = VP_DISCRETE + VP_SIGMAS + SIGMA_SPACE + FLOW
+# Step some steps from a copy of the sample they stored earlier, not the ``sample`` they are handed:
+# a re-noised sample (the paper rule) would be dropped there.
+OWN_SAMPLE = ("PNDMScheduler", "DPMSolverSinglestepScheduler")
 
 # diffusers' names for a model's parametrisation -> ours (core.parametrization).
 PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample",
                "original_sample": "sample", "flow_prediction": "flow"}
 
 
+def _is_one_of(scheduler, names: tuple[str, ...]) -> bool:
+    """Whether the scheduler's class, or a class it derives from, is named in ``names``."""
+    return any(cls.__name__ in names for cls in type(scheduler).__mro__)
+
+
 def scheduler_kind(scheduler) -> str:
     """``"vp"``, ``"vp_sigmas"``, ``"sigma"`` or ``"flow"`` (by class, subclasses included); refuses others."""
     families = {"vp": VP_DISCRETE, "vp_sigmas": VP_SIGMAS, "sigma": SIGMA_SPACE, "flow": FLOW}
-    for cls in type(scheduler).__mro__:
-        for kind, names in families.items():
-            if cls.__name__ in names:
-                return kind
+    for kind, names in families.items():
+        if _is_one_of(scheduler, names):
+            return kind
     raise SafeDenoiserError(
         f"attach() does not support the scheduler {type(scheduler).__name__}: it cannot tell the noise "
         f"level of the sample it steps. Switch to a supported one ({', '.join(SUPPORTED)}), e.g. "
@@ -179,14 +186,20 @@ def attach(safe, pipe) -> Iterator[object]:
     scheduler itself. The scheduler's ``step`` and ``set_timesteps`` become instance attributes
     for the block and are removed (or the previous ones restored) on exit, also on error.
     Entering the block and every ``set_timesteps`` start a new run (``safe.reset()``: an empty
-    ``safe.trace``, no latched beta). Refuses, before sampling, an unsupported
-    scheduler or prediction type and a negation set from another space (shape, channels, VAE).
+    ``safe.trace``, no latched beta). Refuses, before sampling, an unsupported scheduler or prediction
+    type, the paper rule with a scheduler that would drop its re-noising (``OWN_SAMPLE``), and a
+    negation set from another space (shape, channels, VAE).
     ``safe.bind(pipe)`` gives the local estimator the UNet's features (`SafeDenoiser`'s ``features``).
     """
     scheduler = pipe.scheduler if hasattr(pipe, "scheduler") else pipe
     if not hasattr(scheduler, "step"):
         raise SafeDenoiserError(f"attach() needs a diffusers pipeline or scheduler, got {type(pipe).__name__}")
     scheduler_prediction(scheduler)  # refuses unknown schedulers and prediction types
+    if getattr(safe, "paper", None) is not None and _is_one_of(scheduler, OWN_SAMPLE):
+        raise SafeDenoiserError(
+            f"the paper rule re-noises the sample it hands {type(scheduler).__name__}, which takes some steps from "
+            "a copy of the sample it stored earlier and would drop the correction there. Switch to another "
+            "scheduler, e.g. `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)`")
     check_negation(safe, pipe)
     if hasattr(safe, "bind"):
         safe.bind(pipe)
