@@ -194,3 +194,26 @@ def test_a_single_image_is_refused_where_a_threshold_is_calibrated_from_pairs():
     local = SafeDenoiser(neg, reference=torch.randn(50, 8, generator=gen))
     x0 = neg.latents.clone()
     assert local.correct(x0, 1.0, 0.1, x0).acted.all()  # the one image still repels
+
+
+def test_an_estimator_objects_smoothing_is_the_one_its_unsafe_density_gets(setting):
+    spec, negation, reference = setting
+    narrow = 0.5 * negation.bandwidth
+    ratio = KernelRatioBeta(negation, reference, smoothing=narrow)
+    safe = SafeDenoiser(negation, beta=ratio)
+    assert safe.smoothing == narrow
+    a, s = _levels(0.5)
+    x = spec.mixture.sample(50, torch.Generator().manual_seed(8))[0] * a
+    d = spec.mixture.denoise(x, a, s)
+    expected = ratio(x, a, s, d, negation.posterior(x, a, s, smoothing=narrow))
+    torch.testing.assert_close(safe.correct(x, a, s, d).beta, expected)
+    with pytest.raises(SafeDenoiserError, match="differs from the estimator's own"):
+        SafeDenoiser(negation, beta=ratio, smoothing=negation.bandwidth)
+
+
+@pytest.mark.parametrize("extra", [{"beta": "local"}, {"reference": "set"}, {"max_weight": 5.0}, {"smoothing": 1.0}])
+def test_the_paper_rule_refuses_the_identitys_settings(setting, extra):
+    _, negation, reference = setting
+    extra = {"reference": reference} if extra == {"reference": "set"} else extra
+    with pytest.raises(SafeDenoiserError, match=f"{next(iter(extra))} set the identity's estimator"):
+        SafeDenoiser(negation, preset="sd14-nudity", **extra)

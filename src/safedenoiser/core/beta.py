@@ -214,5 +214,10 @@ class HybridBeta:
         """The set whose clean log-mass the gate reads."""
         return self.gate.negation
 
+    @property
+    def smoothing(self) -> float:
+        """The kernel width the ratio compares the two densities at."""
+        return self.ratio.smoothing
+
     def __call__(self, x_t, alpha, sigma, x0_hat, unsafe):
         return torch.maximum(self.ratio(x_t, alpha, sigma, x0_hat, unsafe), self.gate(x_t, alpha, sigma, x0_hat, unsafe))

@@ -137,7 +137,8 @@ class SafeDenoiser:
             (default): on while the sampler applies classifier-free guidance (``correct(...,
             guided=True)``; `attach` reads the pipeline's ``do_classifier_free_guidance``), off
             otherwise and for the other estimators. ``True`` / ``False``: always / never.
-        smoothing: kernel width ``h`` of the unsafe posterior; ``None`` takes the set's calibrated one.
+        smoothing: kernel width ``h`` of the unsafe posterior; ``None`` takes the estimator's own (an
+            estimator object's ``smoothing``), else the set's calibrated one.
         features: where the local estimator measures closeness once attached to a pipeline
             (`bind`): ``"auto"`` (default) in the pipeline's UNet features (`UNetFeatures`) while it
             samples without classifier-free guidance, in the latents under guidance;
@@ -170,10 +171,22 @@ class SafeDenoiser:
         if preset is not None or params:
             if not isinstance(negation, NegationSet):
                 raise SafeDenoiserError("the paper rule needs a NegationSet")
+            ignored = [name for name, value in (("beta", beta != "auto"), ("reference", reference is not None),
+                                                ("max_weight", max_weight is not None),
+                                                ("smoothing", smoothing is not None)) if value]
+            if ignored:
+                raise SafeDenoiserError(f"{', '.join(ignored)} set the identity's estimator, which the paper rule "
+                                        "(a preset, or h, s, window, tau) does not use: drop one or the other")
             self.paper = PaperRule(negation, **resolve_preset(preset, params))
             return
         self.smoothing = (negation.bandwidth if isinstance(negation, NegationSet) else 0.0) if smoothing is None else smoothing
         self.beta = self._make_estimator(beta, reference)
+        own = getattr(self.beta, "smoothing", None)  # ratio-type estimators compare densities at their width
+        if own is not None and own != self.smoothing:
+            if smoothing is not None:
+                raise SafeDenoiserError(f"smoothing={smoothing} differs from the estimator's own ({own}); beta divides "
+                                        "the set's density by the reference's, both at one width: give one of them")
+            self.smoothing = own
         if not isinstance(self.beta, LocalPosterior):
             if latch is True:
                 raise SafeDenoiserError("latch holds the local estimator's beta: give reference samples (reference=..., "
