@@ -96,7 +96,7 @@ class LocalPosterior:
         self.sample_shape, self.features = negation.sample_shape, features
         self._sets = negation, reference  # for `with_features`
         y = negation.latents.reshape(len(negation), -1).double()
-        r = reference.reshape(len(reference), -1).double()
+        r = reference.reshape(len(reference), -1).double().to(y.device)  # the set's device: one place for both
         y_key, r_key = (y, r) if features is None else (self._phi(y).double(), self._phi(r).double())
         negated = self.reference_ratio(r_key, y_key) >= self.label_ratio
         if features is not None:  # either space may see the concept where the other does not

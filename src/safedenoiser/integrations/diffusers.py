@@ -18,14 +18,13 @@ scheduler, and a user's own loop over ``pipe.scheduler`` and ``pipe.unet``.
 from __future__ import annotations
 
 import inspect
-import math
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
 from torch import Tensor
 
-from safedenoiser.core.parametrization import from_x0, to_x0
+from safedenoiser.core.parametrization import flow_levels, from_x0, to_x0, ve_levels, vp_levels
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.integrations.encode import vae_fingerprint
 from safedenoiser.negation import NegationSet
@@ -42,7 +41,7 @@ SUPPORTED = VP_DISCRETE + VP_SIGMAS + SIGMA_SPACE + FLOW
 OWN_SAMPLE = ("PNDMScheduler", "DPMSolverSinglestepScheduler")
 
 # diffusers' names for a model's parametrisation -> ours (core.parametrization).
-PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample",
+DIFFUSERS_PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample",
                "original_sample": "sample", "flow_prediction": "flow"}
 
 
@@ -69,12 +68,12 @@ def scheduler_prediction(scheduler) -> str:
         return "flow"
     config = getattr(scheduler, "config", None)
     name = getattr(config, "prediction_type", None) if config is not None else None
-    if name not in PREDICTIONS:
+    if name not in DIFFUSERS_PREDICTIONS:
         raise SafeDenoiserError(
             f"attach() does not know the prediction type {name!r} of {type(scheduler).__name__}; "
-            f"supported: {', '.join(sorted(PREDICTIONS))}. Set the scheduler's prediction_type to what the "
+            f"supported: {', '.join(sorted(DIFFUSERS_PREDICTIONS))}. Set the scheduler's prediction_type to what the "
             "model was trained with")
-    return PREDICTIONS[name]
+    return DIFFUSERS_PREDICTIONS[name]
 
 
 def noise_level(scheduler, timestep) -> tuple[float, float, float]:
@@ -86,18 +85,19 @@ def noise_level(scheduler, timestep) -> tuple[float, float, float]:
     """
     kind = scheduler_kind(scheduler)
     if kind == "vp":
-        acp = float(scheduler.alphas_cumprod[int(timestep)])
-        return math.sqrt(acp), math.sqrt(1.0 - acp), 1.0
+        alpha, sigma = vp_levels(scheduler.alphas_cumprod[int(timestep)].double())
+        return float(alpha), float(sigma), 1.0
     if scheduler.step_index is None:
         scheduler._init_step_index(timestep)  # exactly what step() does first
-    sigma = scheduler.sigmas[scheduler.step_index]
+    level = torch.as_tensor(scheduler.sigmas[scheduler.step_index], dtype=torch.float64)
     if kind == "vp_sigmas":
-        alpha_t, sigma_t = scheduler._sigma_to_alpha_sigma_t(torch.as_tensor(sigma, dtype=torch.float64))
-        return float(alpha_t), float(sigma_t), 1.0
-    sigma = float(sigma)
+        alpha, sigma = scheduler._sigma_to_alpha_sigma_t(level)  # the scheduler's own sigma convention
+        return float(alpha), float(sigma), 1.0
     if kind == "sigma":
-        return 1.0, sigma, 1.0 / math.sqrt(sigma * sigma + 1.0)
-    return 1.0 - sigma, sigma, 1.0  # flow matching: x_t = (1 - t) x0 + t eps
+        alpha, sigma = ve_levels(level)
+        return float(alpha), float(sigma), float(1.0 / (sigma * sigma + 1.0).sqrt())
+    alpha, sigma = flow_levels(level)
+    return float(alpha), float(sigma), 1.0
 
 
 def latent_channels(pipe) -> int | None:
