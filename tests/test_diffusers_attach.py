@@ -178,6 +178,16 @@ def test_a_new_call_does_not_inherit_the_latched_beta():
     assert min(betas[:2]) > 0.99 and max(betas[2:]) < 0.01
 
 
+@pytest.mark.parametrize("guided", [None, True, False])
+def test_guided_overrides_what_the_pipeline_says(sd_pipe, guided):
+    """DiT and PixArt guide without ``do_classifier_free_guidance``; ``attach(pipe, guided=True)`` says so."""
+    reference = torch.randn(20, *LATENT, generator=torch.Generator().manual_seed(1))
+    safe = SafeDenoiser(far_set(), reference=reference)  # latch="auto": on exactly when guided
+    with safe.attach(sd_pipe, guided=guided):
+        run(sd_pipe)  # guidance_scale 3: the pipeline says it guides
+    assert {r.latched for r in safe.trace} == {guided is not False}
+
+
 # ------------------------------------------------------------------------------ refusals
 
 

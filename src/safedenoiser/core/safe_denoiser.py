@@ -135,7 +135,7 @@ class SafeDenoiser:
             holds near ``beta = 1`` ends as (nearly) the nearest safe reference sample, a copy of
             one of the reference images (docs/results.md, "copies of a reference image"). ``"auto"``
             (default): on while the sampler applies classifier-free guidance (``correct(...,
-            guided=True)``; `attach` reads the pipeline's ``do_classifier_free_guidance``), off
+            guided=True)``; `attach` reads the pipeline's ``do_classifier_free_guidance``, or its ``guided``), off
             otherwise and for the other estimators. ``True`` / ``False``: always / never.
         smoothing: kernel width ``h`` of the unsafe posterior; ``None`` takes the estimator's own (an
             estimator object's ``smoothing``), else the set's calibrated one.
@@ -321,8 +321,9 @@ class SafeDenoiser:
 
         return safe
 
-    def attach(self, pipe):
-        """Context manager: sample ``pipe`` safely (wraps ``pipe.scheduler.step``; restored on exit)."""
+    def attach(self, pipe, guided: bool | None = None):
+        """Context manager: sample ``pipe`` safely (wraps ``pipe.scheduler.step``; restored on exit).
+        ``guided=True`` for pipelines that guide without saying so (DiT, PixArt; `integrations.diffusers.attach`)."""
         from safedenoiser.integrations.diffusers import attach
 
-        return attach(self, pipe)
+        return attach(self, pipe, guided)

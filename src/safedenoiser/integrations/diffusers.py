@@ -6,7 +6,7 @@ This is the edge where a scheduler's model output becomes the denoised estimate 
 1. read the noise level of ``sample`` off the scheduler: ``sample = alpha x0 + sigma eps``;
 2. ``x0_hat = to_x0(model_output)`` with the scheduler's prediction type;
 3. ``SafeDenoiser.correct(sample, alpha, sigma, x0_hat, guided=...)``, ``guided`` from the pipeline's
-   ``do_classifier_free_guidance`` (False for a bare scheduler);
+   ``do_classifier_free_guidance`` (False for a bare scheduler), or ``attach``'s ``guided``;
 4. nothing acted: the original ``step`` with the original arguments (bit-identical to vanilla);
    identity (default): the model output of the acted samples replaced by ``from_x0(x0_safe)``;
    paper rule: the acted samples re-noised, ``alpha x0_safe + sigma z``, then the original step.
@@ -137,7 +137,7 @@ def applies_guidance(pipe) -> bool:
     return bool(getattr(pipe, "do_classifier_free_guidance", False))  # AttributeError before a call: False
 
 
-def _safe_step(safe, scheduler, original, pipe):
+def _safe_step(safe, scheduler, original, pipe, guided: bool | None):
     """The replacement for ``scheduler.step``: correct the model output, then the original step."""
     signature = inspect.signature(original)
     prediction = scheduler_prediction(scheduler)
@@ -153,7 +153,7 @@ def _safe_step(safe, scheduler, original, pipe):
         x = sample.to(dtype)
         model_x, model_a, model_s = scale * x, scale * alpha, scale * sigma
         x0_hat = to_x0(output.to(dtype), model_x, model_a, model_s, prediction)
-        corr = safe.correct(x, alpha, sigma, x0_hat, guided=applies_guidance(pipe))
+        corr = safe.correct(x, alpha, sigma, x0_hat, guided=applies_guidance(pipe) if guided is None else guided)
         safe.trace[-1].timestep = float(timestep)
         if not bool(corr.acted.any()):
             return original(*args, **kwargs)
@@ -179,7 +179,7 @@ def _randn(shape, generator, device, dtype) -> Tensor:
 
 
 @contextmanager
-def attach(safe, pipe) -> Iterator[object]:
+def attach(safe, pipe, guided: bool | None = None) -> Iterator[object]:
     """Sample ``pipe`` with the safe denoiser: wraps ``pipe.scheduler.step`` for the ``with`` block.
 
     ``pipe`` is any object with a ``scheduler`` (a diffusers pipeline, or a user's own holder), or a
@@ -190,6 +190,9 @@ def attach(safe, pipe) -> Iterator[object]:
     type, the paper rule with a scheduler that would drop its re-noising (``OWN_SAMPLE``), and a
     negation set from another space (shape, channels, VAE).
     ``safe.bind(pipe)`` gives the local estimator the UNet's features (`SafeDenoiser`'s ``features``).
+    ``guided``: whether the sampler applies classifier-free guidance (``latch="auto"``, ``features="auto"``);
+    ``None`` reads the pipeline's ``do_classifier_free_guidance`` at each step. Pipelines that do not
+    expose it (DiT, PixArt) and own loops that guide should pass ``True``.
     """
     scheduler = pipe.scheduler if hasattr(pipe, "scheduler") else pipe
     if not hasattr(scheduler, "step"):
@@ -212,7 +215,7 @@ def attach(safe, pipe) -> Iterator[object]:
 
     set_timesteps.__wrapped__ = original_set_timesteps
     safe.reset()
-    scheduler.step = _safe_step(safe, scheduler, original_step, pipe)
+    scheduler.step = _safe_step(safe, scheduler, original_step, pipe, guided)
     scheduler.set_timesteps = set_timesteps
     try:
         yield pipe
