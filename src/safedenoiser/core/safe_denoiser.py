@@ -104,7 +104,7 @@ class StepRecord:
 class Correction:
     """One call's result: the safe ``x0`` and per-sample diagnostics."""
 
-    x0: Tensor  # x0_hat bit for bit when no sample acts (the same tensor for float32 and float64 input)
+    x0: Tensor  # x0_hat bit for bit when no sample acts
     beta: Tensor  # P(unsafe | x_t) for the identity, the kernel mass m for the paper rule
     acted: Tensor  # [B] bool
     renoise: bool  # the sampler should re-noise x0 instead of replacing the model output

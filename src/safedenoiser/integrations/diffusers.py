@@ -188,7 +188,8 @@ def attach(safe, pipe, guided: bool | None = None) -> Iterator[object]:
     Entering the block and every ``set_timesteps`` start a new run (``safe.reset()``: an empty
     ``safe.trace``, no latched beta). Refuses, before sampling, an unsupported scheduler or prediction
     type, the paper rule with a scheduler that would drop its re-noising (``OWN_SAMPLE``), and a
-    negation set from another space (shape, channels, VAE).
+    negation set from another space (channels, VAE); another height or width shows at the first
+    ``step``, which refuses it before changing anything.
     ``safe.bind(pipe)`` gives the local estimator the UNet's features (`SafeDenoiser`'s ``features``).
     ``guided``: whether the sampler applies classifier-free guidance (``latch="auto"``, ``features="auto"``);
     ``None`` reads the pipeline's ``do_classifier_free_guidance`` at each step. Pipelines that do not
