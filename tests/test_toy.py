@@ -74,6 +74,11 @@ def test_exact_safe_denoiser_samples_the_safe_mixture(data):
     ("negate", [5], "negate must be"),
     ("negation_samples", 0, "negation_samples must be an integer >= 1"),
     ("dim", 0, "dim must be a positive integer"),
+    ("dim", True, "dim must be a positive integer"),
+    ("weights", [0.3, float("nan"), 0.3], "weights must hold finite numbers"),
+    ("means", [[0, 0], [float("inf"), 1], [3, 3]], "means must hold finite numbers"),
+    ("covs", [0.5, float("nan"), 0.5], r"covs\[1\] must hold finite numbers"),
+    ("negate", [True], "negate must be"),
 ])
 def test_bad_specs_name_the_field(field, value, message):
     with pytest.raises(SafeDenoiserError, match=message):
@@ -108,6 +113,25 @@ def test_toy_command_exits_2_on_bad_specs(tmp_path, content, message):
     result = _cli("toy", str(spec), "--out", str(tmp_path / "o.npz"))
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--out", "o"], "--out o: give a file name ending in .npz"),  # numpy would write o.npz, unchecked
+    (["--out", "o.npz", "--plot", "fig.txt"], "--plot fig.txt: give a file name ending in .png or .pdf or .svg"),
+    (["--out", "o.npz", "--method", "exact", "--estimator", "ratio"], "--method exact has none"),
+])
+def test_toy_command_refuses_bad_outputs_and_flags_before_writing(tmp_path, args, message):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC_2D))
+    result = subprocess.run([sys.executable, "-m", "safedenoiser.cli", "toy", str(spec), "--n", "10", *args],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not list(tmp_path.glob("o*"))
+
+
+def test_toy_command_says_a_folder_is_not_a_spec(tmp_path):
+    result = _cli("toy", str(tmp_path), "--out", str(tmp_path / "o.npz"))
+    assert result.returncode == 2 and "is a folder" in result.stderr
 
 
 def test_toy_command_never_overwrites_without_asking(tmp_path):

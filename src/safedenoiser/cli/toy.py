@@ -29,7 +29,14 @@ class Sampler(str, Enum):
     ancestral = "ancestral"
 
 
-def _check_output(path: Path, overwrite: bool) -> None:
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+
+
+def _check_output(path: Path, overwrite: bool, suffixes: tuple[str, ...], flag: str) -> None:
+    if path.suffix.lower() not in suffixes:
+        raise SafeDenoiserError(f"{flag} {path}: give a file name ending in {' or '.join(suffixes)}")
+    if path.is_dir():
+        raise SafeDenoiserError(f"{flag} {path} is a folder; give a file name ending in {' or '.join(suffixes)}")
     if path.exists() and not overwrite:
         raise SafeDenoiserError(f"{path} exists; pass --overwrite to replace it")
     if not path.parent.exists():
@@ -46,14 +53,17 @@ def toy(
     plot: Path | None = typer.Option(None, help="Also draw vanilla against this method to this PNG (first two coordinates)."),
     sampler: Sampler = typer.Option(Sampler.dpmpp, help="dpm++ or ddim (deterministic ODE), ancestral (stochastic)."),
     steps: int | None = typer.Option(None, min=2, help="Sampling steps (default: 60 dpm++, 100 ddim, 150 ancestral)."),
-    estimator: str = typer.Option(DEFAULT_ESTIMATOR, help="Beta estimator of the kernel method: labelled, hybrid, ratio or gate."),
+    estimator: str | None = typer.Option(None, help=f"Beta estimator of the kernel method: labelled, hybrid, ratio or gate (default {DEFAULT_ESTIMATOR})."),
     overwrite: bool = typer.Option(False, help="Replace existing output files."),
 ) -> None:
     """Sample a Gaussian mixture with a negated component; report negated share and SW2 to the exact safe mixture."""
     spec = load_spec(spec_path)
-    _check_output(out, overwrite)
+    if estimator is not None and method != ToyMethod.kernel:
+        raise SafeDenoiserError(f"--estimator chooses the kernel method's beta; --method {method.value} has none")
+    estimator = estimator or DEFAULT_ESTIMATOR
+    _check_output(out, overwrite, (".npz",), "--out")
     if plot is not None:
-        _check_output(plot, overwrite)
+        _check_output(plot, overwrite, PLOT_FORMATS, "--plot")
     start = time.perf_counter()
     run = run_toy(spec, method.value, n, seed, estimator=estimator, sampler=sampler.value, steps=steps)
     seconds = time.perf_counter() - start

@@ -59,9 +59,16 @@ def _covariance(value, dim: int, k: int) -> torch.Tensor:
         cov = torch.diag(cov)
     elif cov.shape != (dim, dim):
         raise SafeDenoiserError(f"{field} has shape {tuple(cov.shape)}, expected ({dim}, {dim})")
+    if not bool(torch.isfinite(cov).all()):
+        raise SafeDenoiserError(f"{field} must hold finite numbers (no NaN or Infinity)")
     if not torch.allclose(cov, cov.T, atol=1e-10) or bool((torch.linalg.eigvalsh(cov) <= 0).any()):
         raise SafeDenoiserError(f"{field} is not a positive definite covariance")
     return cov
+
+
+def _is_int(value) -> bool:
+    """A JSON integer (``true`` and ``false`` are not, though Python counts them as ints)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def parse_spec(data: dict) -> ToySpec:
@@ -72,7 +79,7 @@ def parse_spec(data: dict) -> ToySpec:
     if missing:
         raise SafeDenoiserError(f"the spec is missing field(s): {', '.join(missing)}")
     dim = data["dim"]
-    if not isinstance(dim, int) or dim < 1:
+    if not _is_int(dim) or dim < 1:
         raise SafeDenoiserError(f"dim must be a positive integer, got {dim!r}")
     try:
         weights = torch.as_tensor(data["weights"], dtype=torch.float64)
@@ -81,6 +88,9 @@ def parse_spec(data: dict) -> ToySpec:
         raise SafeDenoiserError(f"weights and means must be numbers: {err}") from err
     if weights.ndim != 1 or len(weights) == 0:
         raise SafeDenoiserError("weights must be a non-empty list of numbers")
+    for field, values in (("weights", weights), ("means", means)):
+        if not bool(torch.isfinite(values).all()):
+            raise SafeDenoiserError(f"{field} must hold finite numbers (no NaN or Infinity)")
     if bool((weights <= 0).any()):
         raise SafeDenoiserError(f"weights must all be positive, got {weights.tolist()}")
     k = len(weights)
@@ -92,15 +102,15 @@ def parse_spec(data: dict) -> ToySpec:
         raise SafeDenoiserError(f"covs must be a list of {k} covariances, one per weight")
     cov = torch.stack([_covariance(c, dim, i) for i, c in enumerate(covs)])
     negate = data["negate"]
-    if not isinstance(negate, list) or not all(isinstance(i, int) and 0 <= i < k for i in negate) or not negate:
+    if not isinstance(negate, list) or not all(_is_int(i) and 0 <= i < k for i in negate) or not negate:
         raise SafeDenoiserError(f"negate must be a non-empty list of component indices in 0..{k - 1}, got {negate!r}")
     if len(set(negate)) == k:
         raise SafeDenoiserError("negate lists every component: nothing would be left to sample")
     n_neg = data.get("negation_samples", 256)
-    if not isinstance(n_neg, int) or n_neg < 1:
+    if not _is_int(n_neg) or n_neg < 1:
         raise SafeDenoiserError(f"negation_samples must be an integer >= 1, got {n_neg!r}")
     seed = data.get("seed", 0)
-    if not isinstance(seed, int):
+    if not _is_int(seed):
         raise SafeDenoiserError(f"seed must be an integer, got {seed!r}")
     return ToySpec(GaussianMixture(weights, means, cov), sorted(set(negate)), n_neg, seed)
 
@@ -111,6 +121,8 @@ def load_spec(path: str | Path) -> ToySpec:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError as err:
         raise SafeDenoiserError(f"spec file {path} does not exist") from err
+    except IsADirectoryError as err:
+        raise SafeDenoiserError(f"{path} is a folder; give the spec's JSON file") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SafeDenoiserError(f"spec file {path} is not valid JSON: {err}") from err
     return parse_spec(data)
