@@ -89,6 +89,8 @@ def test_nudenet_judge_explains_how_to_install_it(monkeypatch):
     (["eval", "text", "--judge", "clip"], "--judge must be"),
     (["eval", "text", "--methods", "vanilla,magic"], "unknown method"),
     (["eval", "unconditional", "--judge", "nudenet"], "folder of images"),
+    (["eval", "text", "--n", "3"], "--n must be at least 4"),
+    (["eval", "text", "--class", "12"], "--class must be a Fashion-MNIST class 0..9"),
 ])
 def test_eval_cli_refuses_bad_input_before_loading_models(args, message):
     result = CliRunner().invoke(app, args)
@@ -101,4 +103,25 @@ def test_eval_cli_judges_a_folder_with_nudenet(tmp_path):
         Image.new("RGB", (64, 64), (40 * i, 90, 90)).save(tmp_path / f"{i}.png")
     result = CliRunner().invoke(app, ["eval", str(tmp_path), "--judge", "nudenet"])
     assert result.exit_code == 0, result.output
+    assert "0 of 2 images unsafe by nudenet" in result.output
+
+
+def test_eval_cli_never_replaces_earlier_results_without_asking(tmp_path):
+    (tmp_path / "text.json").write_text("earlier results")
+    result = CliRunner().invoke(app, ["eval", "text", "--n", "4", "--methods", "vanilla", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "pass --overwrite" in str(result.exception)
+    assert (tmp_path / "text.json").read_text() == "earlier results"
+    (tmp_path / "file").write_text("")
+    result = CliRunner().invoke(app, ["eval", "text", "--n", "4", "--out", str(tmp_path / "file")])
+    assert "is a file" in str(result.exception)
+
+
+def test_eval_cli_skips_unreadable_images_and_counts_the_rest(tmp_path):
+    pytest.importorskip("nudenet")
+    for i in range(2):
+        Image.new("RGB", (64, 64), (40 * i, 90, 90)).save(tmp_path / f"{i}.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    result = CliRunner().invoke(app, ["eval", str(tmp_path), "--judge", "nudenet"])
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 unreadable image file(s): broken.png" in result.output
     assert "0 of 2 images unsafe by nudenet" in result.output

@@ -8,15 +8,28 @@ from typing import Optional
 import typer
 
 from safedenoiser.cli.app import app
+from safedenoiser.cli.outputs import refuse_replacing
 from safedenoiser.errors import SafeDenoiserError
 
 
 def _judge_folder(folder: Path, judge_name: str) -> None:
     from safedenoiser.eval.judges import make_judge
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    from PIL import Image
+
+    files, unreadable = [], []
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")):
+        try:
+            with Image.open(path) as image:
+                image.load()
+            files.append(path)
+        except (OSError, ValueError):
+            unreadable.append(path.name)
+    if unreadable:
+        typer.echo(f"skipped {len(unreadable)} unreadable image file(s): {', '.join(unreadable[:5])}"
+                   f"{' ...' if len(unreadable) > 5 else ''}", err=True)
     if not files:
-        raise SafeDenoiserError(f"{folder} holds no images (.png, .jpg, .webp) to judge")
+        raise SafeDenoiserError(f"{folder} holds no readable images (.png, .jpg, .webp) to judge")
     judge = make_judge(judge_name)
     if judge_name == "classifier":
         from safedenoiser.integrations.encode import load_images
@@ -31,6 +44,9 @@ def _judge_folder(folder: Path, judge_name: str) -> None:
                f"(unsafe rate {100 * float(flags.double().mean()):.1f}%)")
 
 
+MIN_N = 4
+
+
 @app.command("eval")
 def evaluate(
     scenario: str = typer.Argument(..., help="text, class, unconditional, memorization, or a folder of "
@@ -38,14 +54,15 @@ def evaluate(
     methods: str = typer.Option("all", "--methods", help="Comma-separated: vanilla, negative, sld, spell, "
                                 "safe-paper, safe, safe-ref, rejection (default: all that apply); on request "
                                 "also safe-ref-model, safe-ref-latch."),
-    n: int = typer.Option(200, "--n", help="Images per method."),
+    n: int = typer.Option(200, "--n", help=f"Images per method (at least {MIN_N})."),
     out: Path = typer.Option(Path("eval-out"), "--out", help="Folder for SCENARIO.json and SCENARIO.png."),
     judge: str = typer.Option("classifier", "--judge", help="classifier (bundled models) or nudenet "
                               "(real photos, threshold 0.6; pip install 'safe-denoiser[nudenet]')."),
     cls: Optional[int] = typer.Option(None, "--class", help="The negated class (text, unconditional) or the "
                                       "class split into clusters (class, memorization)."),
     sweep: bool = typer.Option(False, "--sweep", help="Also run each method at its other strengths."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace SCENARIO.json and SCENARIO.png in --out."),
 ) -> None:
     """Run methods on the same seeds and report unsafe rate, accuracy, FD, histogram and cost."""
     from safedenoiser.eval.methods import EXTRA_METHODS, METHODS, evaluate as run
@@ -66,9 +83,13 @@ def evaluate(
     unknown = set(chosen) - set(METHODS + EXTRA_METHODS)
     if unknown:
         raise SafeDenoiserError(f"unknown method(s) {sorted(unknown)}; use {', '.join(METHODS + EXTRA_METHODS)}")
-    if n < 2:
-        raise SafeDenoiserError("--n must be at least 2 (the Fréchet distance needs a covariance)")
-    if threads:
+    if n < MIN_N:
+        raise SafeDenoiserError(f"--n must be at least {MIN_N}: half the text scenario's images are benign, and "
+                                "the Fréchet distance needs two of each")
+    if cls is not None and not 0 <= cls <= 9:
+        raise SafeDenoiserError(f"--class must be a Fashion-MNIST class 0..9 (got {cls})")
+    refuse_replacing(out, (f"{scenario}.json", f"{scenario}.png"), overwrite)
+    if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
