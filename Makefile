@@ -33,10 +33,10 @@ bench: install data
 # Retrain every bundled Fashion-MNIST model from scratch (long: about an hour on two CPU cores;
 # not part of `make test`), then re-measure their quality into training.json and docs/results.
 train: install data
-	$(VENV)/bin/safe-denoiser train vae
-	$(VENV)/bin/safe-denoiser train classifier
-	$(VENV)/bin/safe-denoiser train text
-	$(VENV)/bin/safe-denoiser train class
+	$(VENV)/bin/safe-denoiser train vae --overwrite
+	$(VENV)/bin/safe-denoiser train classifier --overwrite
+	$(VENV)/bin/safe-denoiser train text --overwrite
+	$(VENV)/bin/safe-denoiser train class --overwrite
 	$(PY) benchmarks/model_quality.py --write --out docs/results/model_quality.md --grid docs/results/model_samples.png
 
 # Regenerate docs/results.md: every eval scenario and method on the bundled models (about ten

@@ -202,3 +202,18 @@ def test_heldout_prompts_were_never_trained_on():
 def test_plain_class_name_prompts_are_training_captions_of_their_class():
     for c, prompt in CLASS_NAME_PROMPTS.items():
         assert prompt in TRAIN_CAPTIONS[c]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "classifier"], "already holds"),  # the bundled weights, before any training
+    (["train", "vae", "--vae", "x"], "vae takes none"),
+])
+def test_train_refuses_before_training(args, message):
+    from typer.testing import CliRunner
+
+    from safedenoiser.cli import app
+
+    before = sorted(p.stat().st_mtime_ns for p in (WEIGHTS_DIR / "classifier").iterdir())
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, SafeDenoiserError) and message in str(result.exception)
+    assert sorted(p.stat().st_mtime_ns for p in (WEIGHTS_DIR / "classifier").iterdir()) == before

@@ -2,7 +2,8 @@
 
 Order: `vae` first (the UNets learn its latents), then `text` and `class`; `classifier` any time.
 Each writes a diffusers-style folder with a `training.json` of its settings and numbers. Defaults
-are the settings of the shipped weights; `--out` defaults to the bundled weights folder.
+are the settings of the shipped weights; `--out` defaults to the bundled weights folder, which (like
+any folder that holds files) is only replaced with `--overwrite`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 import typer
 
 from safedenoiser.cli.app import app
+from safedenoiser.cli.outputs import refuse_replacing
+from safedenoiser.errors import SafeDenoiserError
 
 
 class Part(str, Enum):
@@ -31,9 +34,15 @@ def train(
     seed: int = typer.Option(0, help="Seed of initialisation, batches and noise."),
     vae: Path | None = typer.Option(None, help="VAE folder the UNets train on (default: the bundled fashion-vae)."),
     threads: int = typer.Option(2, min=1, help="torch CPU threads."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the weights in the output folder."),
 ) -> None:
     """Train one bundled model on Fashion-MNIST (CPU is enough; a GPU is not used)."""
     from safedenoiser.models import training
+
+    if vae is not None and part in (Part.vae, Part.classifier):
+        raise SafeDenoiserError(f"--vae is the VAE the text and class UNets train on; {part.value} takes none")
+    target = out if out is not None else training.WEIGHTS_DIR / training.DEFAULT_OUT[part.value]
+    refuse_replacing(target, [p.name for p in target.iterdir()] if target.is_dir() else [], overwrite)
 
     kwargs: dict = {"out": out, "seed": seed, "threads": threads}
     if steps is not None:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from safedenoiser.models.data import CLASS_NAMES, load_fashion_mnist
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_OUT = {"vae": "fashion-vae", "classifier": "classifier", "text": "fashion-text", "class": "fashion-class"}
 
 # The SD v1 noise schedule, shared by training and the bundled schedulers.
 SCHEDULE = {
@@ -88,7 +89,7 @@ def train_vae(out: Path | None = None, steps: int = 1500, seed: int = 0, batch_s
     from diffusers import AutoencoderKL
 
     _setup(threads)
-    out = Path(out) if out else WEIGHTS_DIR / "fashion-vae"
+    out = Path(out) if out else WEIGHTS_DIR / DEFAULT_OUT["vae"]
     gen = seed_everything(seed)
     x_train, _ = load_fashion_mnist("train", size=32)
     x_test, _ = load_fashion_mnist("test", size=32)
@@ -147,7 +148,7 @@ def train_classifier(out: Path | None = None, steps: int = 2000, seed: int = 0,
     from safedenoiser.models.classifier import FashionClassifier
 
     _setup(threads)
-    out = Path(out) if out else WEIGHTS_DIR / "classifier"
+    out = Path(out) if out else WEIGHTS_DIR / DEFAULT_OUT["classifier"]
     gen = seed_everything(seed)
     x_train, y_train = load_fashion_mnist("train", size=32)
     x_test, y_test = load_fashion_mnist("test", size=32)
@@ -226,7 +227,7 @@ def _vae_dir(vae_dir: Path | None) -> Path:
     """The VAE folder the UNets train on; a clear error when it has not been trained."""
     from safedenoiser.errors import SafeDenoiserError
 
-    path = Path(vae_dir) if vae_dir else WEIGHTS_DIR / "fashion-vae"
+    path = Path(vae_dir) if vae_dir else WEIGHTS_DIR / DEFAULT_OUT["vae"]
     if not (path / "config.json").is_file():
         raise SafeDenoiserError(f"no AutoencoderKL in {path}: train one first with "
                                 "`safe-denoiser train vae` (or pass --vae FOLDER)")
@@ -341,7 +342,7 @@ def train_text_unet(out: Path | None = None, steps: int = 2400, seed: int = 0,
     from safedenoiser.models.registry import build_text_pipeline
 
     _setup(threads)
-    out = Path(out) if out else WEIGHTS_DIR / "fashion-text"
+    out = Path(out) if out else WEIGHTS_DIR / DEFAULT_OUT["text"]
     vae_dir = _vae_dir(vae_dir)
     gen = seed_everything(seed)
     mean, std, labels, scaling = encode_dataset(vae_dir, cache)
@@ -393,7 +394,7 @@ def train_class_unet(out: Path | None = None, steps: int = 3000, seed: int = 0,
     from diffusers import AutoencoderKL, UNet2DModel
 
     _setup(threads)
-    out = Path(out) if out else WEIGHTS_DIR / "fashion-class"
+    out = Path(out) if out else WEIGHTS_DIR / DEFAULT_OUT["class"]
     vae_dir = _vae_dir(vae_dir)
     gen = seed_everything(seed)
     mean, std, labels, scaling = encode_dataset(vae_dir, cache)
