@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 from PIL import Image
 
-from safedenoiser.demo import mark_reference_copies, pixels_of, reference_copy_check, run_demo
+from safedenoiser.demo import DEMO_ENTRIES, mark_reference_copies, pixels_of, reference_copy_check, run_demo
+from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.eval.metrics import copy_check
 
 
@@ -19,6 +21,17 @@ def test_demo_writes_grid_manifest_and_report(tmp_path):
     assert "copies of a reference image" in (tmp_path / "report.md").read_text()
     assert all(isinstance(r["reference_copy"], bool) for r in records)
     assert summary[("vanilla", "direct")]["negated"] >= 0.6  # the prompts do ask for sneakers
+    assert {p.name for p in tmp_path.iterdir()} == set(DEMO_ENTRIES)  # what a rerun may resume
+
+
+def test_demo_refuses_a_folder_it_did_not_write_before_working(tmp_path):
+    (tmp_path / "run.json").write_text("a generate run")
+    (tmp_path / "manifest.jsonl").write_text("its images")
+    with pytest.raises(SafeDenoiserError, match=r"holds files the demo did not write \(run.json\)"):
+        run_demo(tmp_path, n_per_prompt=1, progress=False)
+    assert (tmp_path / "manifest.jsonl").read_text() == "its images"
+    with pytest.raises(SafeDenoiserError, match="is a file"):
+        run_demo(tmp_path / "run.json", n_per_prompt=1, progress=False)
 
 
 def test_an_image_that_is_a_reference_image_through_the_vae_counts_as_a_copy_and_a_real_one_does_not(tmp_path):

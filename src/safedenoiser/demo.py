@@ -102,6 +102,9 @@ def mark_reference_copies(records: list[dict], pixels: torch.Tensor, check: tupl
     return records
 
 
+DEMO_ENTRIES = ("vanilla", "safe", "negation.safetensors", "manifest.jsonl", "grid.png", "report.md")  # in --out
+
+
 def run_demo(out_dir: str | Path, *, negated_class: int = DEFAULT_CLASS, n_per_prompt: int = 2, seed: int = 0,
              overwrite: bool = False, progress: bool = True) -> dict:
     """Generate vanilla and safe images, then write grid.png, manifest.jsonl and report.md into ``out_dir``."""
@@ -110,6 +113,12 @@ def run_demo(out_dir: str | Path, *, negated_class: int = DEFAULT_CLASS, n_per_p
     if not 0 <= negated_class <= 9:
         raise SafeDenoiserError(f"--negated-class must be a Fashion-MNIST class 0..9 (got {negated_class})")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SafeDenoiserError(f"--out {out_dir} is a file; give a folder")
+    others = sorted(p.name for p in out_dir.iterdir() if p.name not in DEMO_ENTRIES) if out_dir.is_dir() else []
+    if others and not overwrite:  # e.g. a `generate` run, whose manifest.jsonl the demo's would replace
+        raise SafeDenoiserError(f"--out {out_dir} holds files the demo did not write ({', '.join(others[:4])}); "
+                                "choose another folder, or pass --overwrite to write the demo's files there")
     pipe = load_pipeline(MODEL)
     pipe.set_progress_bar_config(disable=True)
     prompts = demo_prompts(negated_class)
