@@ -40,6 +40,8 @@ def test_loading_a_foreign_file_gives_a_clear_error(tmp_path):
         NegationSet.load(tmp_path / "y.safetensors")
     with pytest.raises(SafeDenoiserError, match="does not exist"):
         NegationSet.load(tmp_path / "missing.safetensors")
+    with pytest.raises(SafeDenoiserError, match="is a folder"):
+        NegationSet.load(tmp_path)
 
 
 def test_shape_and_encoder_mismatch_are_refused():

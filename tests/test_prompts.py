@@ -23,6 +23,15 @@ def test_jsonl_reads_prompt_and_evaluation_fields(tmp_path):
     assert read_prompts(path) == [PromptRow("a bag", 1, seed=7), PromptRow("a coat", 3, guidance=3.5)]
 
 
+def test_json_array_of_prompts_or_objects(tmp_path):
+    path = write(tmp_path, "p.json", '["a sneaker", {"prompt": "a bag", "evaluation_seed": 7}]')
+    assert read_prompts(path) == [PromptRow("a sneaker", 1), PromptRow("a bag", 2, seed=7)]
+    with pytest.raises(SafeDenoiserError, match=r"item 2: missing or empty 'prompt'"):
+        read_prompts(write(tmp_path, "bad.json", '["ok", 3]'))
+    with pytest.raises(SafeDenoiserError, match="holds a JSON dict; give a JSON array"):
+        read_prompts(write(tmp_path, "obj.json", '{"prompt": "a bag"}'))
+
+
 def test_jsonl_malformed_lines_are_all_reported_by_number(tmp_path):
     path = write(tmp_path, "p.jsonl", '{"prompt": "ok"}\n{"prompt": \n["a list"]\n{"text": "no prompt"}\n'
                                       '{"prompt": "x", "evaluation_seed": "abc"}\n')
@@ -107,6 +116,8 @@ def test_a_file_without_prompts_is_an_error(tmp_path, name, text):
 def test_missing_and_non_utf8_files_are_errors(tmp_path):
     with pytest.raises(SafeDenoiserError, match="does not exist"):
         read_prompts(tmp_path / "nope.txt")
+    with pytest.raises(SafeDenoiserError, match="is a folder"):
+        read_prompts(tmp_path)
     path = tmp_path / "latin1.txt"
     path.write_bytes("caf\xe9\n".encode("latin-1"))
     with pytest.raises(SafeDenoiserError, match="not UTF-8"):

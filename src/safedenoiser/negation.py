@@ -121,6 +121,8 @@ class NegationSet:
     def load(cls, path: str | Path) -> "NegationSet":
         """Read a set written by `save`."""
         path = Path(path)
+        if path.is_dir():
+            raise SafeDenoiserError(f"{path} is a folder; give the negation set's .safetensors file")
         if not path.is_file():
             raise SafeDenoiserError(f"negation set {path} does not exist; build one with "
                                     "`safe-denoiser negation build`")

@@ -2,6 +2,7 @@
 
     read_prompts("prompts.txt")              # one prompt a line (blank lines skipped)
     read_prompts("prompts.jsonl")            # one JSON object a line with a "prompt" field
+    read_prompts("prompts.json")             # a JSON array of prompts, or of objects with a "prompt" field
     read_prompts("unlearndiffatk.csv")       # a CSV; the prompt column is found by name
 
 The CSV prompt column is ``column`` when given, otherwise the first present of `PROMPT_COLUMNS`
@@ -34,18 +35,20 @@ class PromptRow:
     """One prompt and what its row fixes: its seed and guidance scale (None: the run's default)."""
 
     prompt: str
-    line: int  # 1-based line of the file where the row starts
+    line: int  # 1-based line of the file where the row starts (item of a .json array)
     seed: int | None = None
     guidance: float | None = None
 
 
 def read_prompts(path: str | Path, column: str | None = None) -> list[PromptRow]:
-    """Read a prompt file; the format follows the suffix (``.csv``/``.tsv``, ``.jsonl``, else text).
+    """Read a prompt file; the format follows the suffix (``.csv``/``.tsv``, ``.jsonl``, ``.json``, else text).
 
     Raises `SafeDenoiserError` for a missing or unreadable file, an unknown column, an empty file,
     or malformed rows (all of them listed with their line numbers).
     """
     path = Path(path)
+    if path.is_dir():
+        raise SafeDenoiserError(f"{path} is a folder; give a prompt file (text, .jsonl, .json or .csv)")
     if not path.is_file():
         raise SafeDenoiserError(f"prompt file {path} does not exist")
     try:
@@ -59,6 +62,8 @@ def read_prompts(path: str | Path, column: str | None = None) -> list[PromptRow]
         rows, errors = _read_csv(text, column, CSV_SUFFIXES[suffix], path)
     elif suffix in JSONL_SUFFIXES:
         rows, errors = _read_jsonl(text, column or "prompt")
+    elif suffix == ".json":
+        rows, errors = _read_json(text, column or "prompt", path)
     else:
         if column is not None:
             raise SafeDenoiserError(f"--prompt-column applies to CSV and JSONL files, not to the text file {path}")
@@ -90,6 +95,24 @@ def _read_jsonl(text: str, field: str) -> tuple[list[PromptRow], list[str]]:
             errors.append(f"line {number}: expected a JSON object with a {field!r} field")
             continue
         row = _make_row(record.get(field), record.get(SEED_COLUMN), record.get(GUIDANCE_COLUMN), number, field, errors)
+        if row is not None:
+            rows.append(row)
+    return rows, errors
+
+
+def _read_json(text: str, field: str, path: Path) -> tuple[list[PromptRow], list[str]]:
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SafeDenoiserError(f"{path} is not valid JSON ({err}); give a JSON array of prompts") from err
+    if not isinstance(items, list):
+        raise SafeDenoiserError(f"{path} holds a JSON {type(items).__name__}; give a JSON array of prompts (strings, "
+                                f"or objects with a {field!r} field)")
+    rows, errors = [], []
+    for number, item in enumerate(items, 1):
+        record = {field: item} if isinstance(item, str) else item if isinstance(item, dict) else {}
+        row = _make_row(record.get(field), record.get(SEED_COLUMN), record.get(GUIDANCE_COLUMN), number, field, errors,
+                        where="item")
         if row is not None:
             rows.append(row)
     return rows, errors
@@ -148,8 +171,10 @@ def _cell(fields: list[str], index: int | None) -> str | None:
     return fields[index].strip()
 
 
-def _make_row(prompt, seed, guidance, number: int, field: str, errors: list[str]) -> PromptRow | None:
-    """Validate one row's values; append what is wrong to ``errors`` and return None if anything is."""
+def _make_row(prompt, seed, guidance, number: int, field: str, errors: list[str],
+              where: str = "line") -> PromptRow | None:
+    """Validate one row's values; append what is wrong to ``errors`` (as ``where`` ``number``) and return
+    None if anything is."""
     problems = []
     if not isinstance(prompt, str) or not prompt.strip():
         problems.append(f"missing or empty {field!r}")
@@ -166,7 +191,7 @@ def _make_row(prompt, seed, guidance, number: int, field: str, errors: list[str]
         except (TypeError, ValueError):
             problems.append(f"{GUIDANCE_COLUMN} {guidance!r} is not a number")
     if problems:
-        errors.append(f"line {number}: " + ", ".join(problems))
+        errors.append(f"{where} {number}: " + ", ".join(problems))
         return None
     return PromptRow(prompt.strip(), number, seed_value, guidance_value)
 
