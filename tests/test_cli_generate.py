@@ -288,6 +288,14 @@ def test_a_different_run_is_refused_without_overwrite(model, tmp_path):
     assert len(list((out / "images").iterdir())) == 2
 
 
+def test_a_run_resumes_only_in_its_own_dtype(model, tmp_path):
+    out = tmp_path / "out"
+    assert _gen(model, out, "--prompt", "a top", "--n", "1")[0] == 0
+    code, _, err = _gen(model, out, "--prompt", "a top", "--n", "2", "--dtype", "bfloat16")
+    assert code == 2 and "dtype: 'float32' there, 'bfloat16' now" in err
+    assert len(_manifest(out)) == 1
+
+
 def test_a_folder_with_images_but_no_run_file_is_refused(model, tmp_path):
     (tmp_path / "out" / "images").mkdir(parents=True)
     (tmp_path / "out" / "images" / "photo.png").write_bytes(b"x")
@@ -312,6 +320,8 @@ def wrong_shape_set(tmp_path_factory) -> Path:
     (["--prompt", "a", "--negation", "WRONG"], "negation latents have shape (4, 4, 4)"),
     (["--prompt", "a", "--negation", "MISSING.safetensors"], "does not exist"),
     (["--prompt", "a", "--device", "tpu"], "--device must be cpu or cuda"),
+    (["--prompt", "a", "--guidance", "nan"], "--guidance must be a finite number >= 0"),
+    (["--prompt", "a", "--guidance", "-5"], "--guidance must be a finite number >= 0"),
     (["--prompt", "a", "--negation", "SET", "--preset", "sd99"], "unknown preset 'sd99'"),
     (["--prompt", "a", "--latch"], "--latch changes how a negation set is used; give --negation FILE too"),
     (["--prompt", "a", "--no-latch"], "--no-latch changes how a negation set is used; give --negation FILE too"),
@@ -347,6 +357,13 @@ def test_negation_build_without_images_exits_2(model, tmp_path):
                          "--out", str(tmp_path / "set.safetensors")])
     assert code == 2 and "no readable images" in err and "readme.md" in err
     assert not (tmp_path / "set.safetensors").exists()
+
+
+def test_negation_build_names_the_reference_flag_before_encoding_anything(model, negation_images, tmp_path):
+    code, _, err = _run(["negation", "build", "--model", model, "--images", str(negation_images),
+                         "--reference-images", str(tmp_path / "nope"), "--out", str(tmp_path / "set.safetensors")])
+    assert code == 2 and f"--reference-images {tmp_path / 'nope'} is not a folder" in err
+    assert "encoding negation set" not in err  # refused before the set's images were encoded
 
 
 def test_python_m_entry_point_exits_2_on_bad_input(tmp_path):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 import os
 import re
 import sys
@@ -196,6 +197,8 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         raise SafeDenoiserError(f"--batch-size must be at least 1 (got {batch_size})")
     if steps is not None and steps < 1:
         raise SafeDenoiserError(f"--steps must be at least 1 (got {steps})")
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+        raise SafeDenoiserError(f"--guidance must be a finite number >= 0 (got {guidance}; 1 turns guidance off)")
     if preset is not None and negation is None:
         raise SafeDenoiserError("--preset selects how a negation set is used; give --negation FILE too")
     if latch is not None and negation is None:
@@ -211,7 +214,7 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     features = features or "auto"
     label_given, label = label is not None, parse_label(label)
     neg = NegationSet.load(negation) if isinstance(negation, (str, Path)) else negation
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     if dtype not in DTYPES:
         raise SafeDenoiserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     model_name = model_id(model)
@@ -236,7 +239,7 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         "negated_class": negated_class, "steps": steps,
         "guidance": default_guidance if kind != "unconditional" else None,
         "seed": seed, "label": label, "n_per_prompt": n_per_prompt or (1 if n is None else None),
-        "prompts_sha256": _prompts_digest(rows),
+        "prompts_sha256": _prompts_digest(rows), "dtype": dtype,
         # safe runs record them: ones from before "auto" (keys absent) are not resumed with other settings
         **({"latch": latch, "features": features} if neg is not None else {}),
     }
@@ -252,7 +255,7 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         return result
 
     _write_json_atomic(out_dir / RUN_FILE, {"settings": settings, "recorded": {
-        "model_arg": str(model), "device": device, "dtype": dtype, "batch_size": batch_size,
+        "model_arg": str(model), "device": device, "batch_size": batch_size,
         "argv": sys.argv}})
 
     from tqdm.auto import tqdm
@@ -283,6 +286,18 @@ def read_manifest(out_dir: str | Path) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- the model
+def resolve_device(device: str | None) -> str:
+    """``device`` checked (``cpu``, ``cuda`` or ``cuda:N``, the latter only with a GPU), or by default
+    ``cuda`` when torch sees a GPU, else ``cpu``."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.split(":")[0] not in ("cpu", "cuda"):
+        raise SafeDenoiserError(f"--device must be cpu or cuda (got {device!r})")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SafeDenoiserError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu")
+    return device
+
+
 def load_pipeline(model: str, device: str, dtype: torch.dtype):
     """Load ``model`` (bundled name, local diffusers folder or hub id); unknown names exit cleanly."""
     from safedenoiser.models.registry import load_pipeline as registry_load
@@ -421,8 +436,10 @@ def _prepare_dir(out_dir: Path, settings: dict, overwrite: bool) -> None:
     problem = None
     if run_file.exists():
         try:
-            previous = json.loads(run_file.read_text(encoding="utf-8"))["settings"]
-        except (OSError, ValueError, KeyError, TypeError):
+            stored = json.loads(run_file.read_text(encoding="utf-8"))
+            previous = stored["settings"]
+            previous.setdefault("dtype", stored.get("recorded", {}).get("dtype"))  # runs from before it was a setting
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             problem = f"{run_file} is unreadable"
         else:
             diff = [f"{k}: {previous.get(k)!r} there, {settings.get(k)!r} now"

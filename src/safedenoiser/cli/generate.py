@@ -17,7 +17,7 @@ def generate(
                               "diffusers folder, or a hub id."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="One prompt (text models)."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="A prompt file: .txt (one a line), .jsonl "
-                                           "(a 'prompt' field) or .csv/.tsv (I2P, Ring-A-Bell, UnlearnDiffAtk, "
+                                           "(a 'prompt' field), .json (an array) or .csv/.tsv (I2P, Ring-A-Bell, UnlearnDiffAtk, "
                                            "MMA-Diffusion, CoPro as they are)."),
     prompt_column: Optional[str] = typer.Option(None, "--prompt-column", help="The CSV column (or JSONL field) "
                                                 "holding the prompt; default: the first present of prompt, "
@@ -62,8 +62,6 @@ def generate(
         raise SafeDenoiserError("give --prompt or --prompts, not both")
     if prompt_column is not None and prompts is None:
         raise SafeDenoiserError("--prompt-column needs --prompts FILE")
-    if device is not None and device.split(":")[0] not in ("cpu", "cuda"):
-        raise SafeDenoiserError(f"--device must be cpu or cuda (got {device!r})")
     rows = read_prompts(prompts, prompt_column) if prompts is not None else None
     if prompt is not None:
         if not prompt.strip():

@@ -20,12 +20,13 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 CLASS_FILE = "class.json"  # {"class_label": K}: written by tools that export one class's images
 
 
-def scan_images(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """The readable images under ``folder`` (recursively, sorted), and the other files with the reason."""
+def scan_images(folder: Path, flag: str = "--images") -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The readable images under ``folder`` (recursively, sorted), and the other files with the reason;
+    the files skipped are listed on stderr, and a folder without images is refused, naming ``flag``."""
     from PIL import Image, UnidentifiedImageError
 
     if not folder.is_dir():
-        raise SafeDenoiserError(f"--images {folder} is not a folder")
+        raise SafeDenoiserError(f"{flag} {folder} is not a folder")
     good, bad = [], []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         if path.name == CLASS_FILE or path.name.startswith("."):
@@ -37,6 +38,11 @@ def scan_images(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             reason = "not an image" if isinstance(err, UnidentifiedImageError) else f"unreadable ({err})"
             bad.append((path, reason))
+    for path, reason in bad:
+        typer.secho(f"skipped {path}: {reason}", fg="yellow", err=True)
+    if not good:
+        raise SafeDenoiserError(f"no readable images in {flag} {folder}" +
+                                (f" ({len(bad)} file(s) skipped)" if bad else ""))
     return good, bad
 
 
@@ -83,7 +89,7 @@ def build(
     """Encode a folder of images into a negation set; files that are not images are listed and skipped."""
     import torch
 
-    from safedenoiser.generation import model_id, load_pipeline
+    from safedenoiser.generation import load_pipeline, model_id, resolve_device
     from safedenoiser.negation import NegationSet
 
     if out.exists() and not overwrite:
@@ -93,10 +99,7 @@ def build(
     if batch_size < 1:
         raise SafeDenoiserError(f"--batch-size must be at least 1 (got {batch_size})")
     good, bad = scan_images(images)
-    for path, reason in bad:
-        typer.secho(f"skipped {path}: {reason}", fg="yellow", err=True)
-    if not good:
-        raise SafeDenoiserError(f"no readable images in {images}" + (f" ({len(bad)} file(s) skipped)" if bad else ""))
+    ref_good = scan_images(reference_images, "--reference-images")[0] if reference_images is not None else None
     folder_class = recorded_class(images)
     if class_label is not None and folder_class is not None and class_label != folder_class:
         raise SafeDenoiserError(f"--class-label {class_label} contradicts {images / CLASS_FILE} "
@@ -105,18 +108,12 @@ def build(
     if negated_class is not None and negated_class < 0:
         raise SafeDenoiserError(f"--class-label must be a class index (got {negated_class})")
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(model, device, torch.float32)
+    pipe = load_pipeline(model, resolve_device(device), torch.float32)
     classes = _class_count(model, pipe)
     if negated_class is not None and classes is not None and negated_class >= classes:
         raise SafeDenoiserError(f"--class-label {negated_class} is not a class of {model}; use 0..{classes - 1}")
     neg = NegationSet.from_images(pipe, good, batch_size=batch_size, progress=not quiet)
-    if reference_images is not None:
-        ref_good, ref_bad = scan_images(reference_images)
-        for path, reason in ref_bad:
-            typer.secho(f"skipped {path}: {reason}", fg="yellow", err=True)
-        if not ref_good:
-            raise SafeDenoiserError(f"no readable images in --reference-images {reference_images}")
+    if ref_good is not None:
         neg.reference = NegationSet.from_images(pipe, ref_good, batch_size=batch_size, progress=not quiet).latents
         neg.metadata["n_reference_images"] = str(len(ref_good))
     neg.metadata.update(model=model_id(model), source_dir=str(images.resolve()), n_images=str(len(good)))
