@@ -68,6 +68,7 @@ def evaluate(
     from safedenoiser.eval.methods import EXTRA_METHODS, METHODS, evaluate as run
     from safedenoiser.eval.report import markdown_table, save_results
     from safedenoiser.eval.scenarios import SCENARIOS, build_scenario
+    from tqdm.auto import tqdm
 
     if judge not in ("classifier", "nudenet"):
         raise SafeDenoiserError(f"--judge must be classifier or nudenet (got {judge!r})")
@@ -95,7 +96,7 @@ def evaluate(
         torch.set_num_threads(threads)
     key = {"text": "negated_class", "unconditional": "negated_class", "class": "cls", "memorization": "cls"}[scenario]
     spec = build_scenario(scenario, n, **({key: cls} if cls is not None else {}))
-    rows, images = run(spec, chosen, sweep=sweep, log=typer.echo)
+    rows, images = run(spec, chosen, sweep=sweep, log=tqdm.write, progress=True)
     path = save_results(out, scenario, rows, spec.info, images)
     typer.echo(markdown_table(rows))
     typer.echo(f"results: {path}, grid: {path.with_suffix('.png')}")

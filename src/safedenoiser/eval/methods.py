@@ -268,28 +268,36 @@ def measure(scenario: Scenario, run: MethodRun, vanilla_hist: Tensor | None = No
     return row
 
 
-def evaluate(scenario: Scenario, methods=METHODS + EXTRA_METHODS, *, sweep: bool = False, log=print) -> tuple[list[dict], dict]:
+def evaluate(scenario: Scenario, methods=METHODS + EXTRA_METHODS, *, sweep: bool = False, log=print,
+             progress: bool = False) -> tuple[list[dict], dict]:
     """Run ``methods`` on ``scenario``; returns the metric rows and ``{method: images}`` (default strengths).
 
     Vanilla always runs first (its histogram is the reference of the TV distance). With ``sweep``
     every method also runs at the other strengths of `STRENGTHS` (rows with ``sweep: True``).
+    ``progress`` shows a bar over the runs (a method at one strength each).
     """
+    from tqdm.auto import tqdm
+
     methods = ["vanilla"] + [m for m in methods if m != "vanilla"]
-    rows, images, vanilla_hist = [], {}, None
+    runs = []  # (method, knob, strength, whether it is a sweep row)
     for method in methods:
         if not applicable(method, scenario):
             log(f"[{scenario.name}] {method}: not applicable (no prompt or class names the negated concept)")
             continue
         knob, values = strengths(method, scenario)
-        for k, strength in enumerate(values if sweep else values[:1]):
-            run = run_method(scenario, method, strength)
-            row = measure(scenario, run, vanilla_hist)
-            row["knob"], row["sweep"] = knob, k > 0
-            if method == "vanilla":
-                vanilla_hist = torch.tensor(row["histogram"], dtype=torch.float64)
-            if k == 0:
-                images[method] = run.images
-            rows.append(row)
-            log(f"[{scenario.name}] {method} {knob}={strength}: " + ", ".join(
-                f"{key}={value:.3f}" for key, value in row.items() if isinstance(value, float)))
+        runs += [(method, knob, strength, k > 0) for k, strength in enumerate(values if sweep else values[:1])]
+    rows, images, vanilla_hist = [], {}, None
+    bar = tqdm(runs, desc=f"eval {scenario.name}", unit="run", disable=not progress)
+    for method, knob, strength, swept in bar:
+        bar.set_postfix_str(method)
+        run = run_method(scenario, method, strength)
+        row = measure(scenario, run, vanilla_hist)
+        row["knob"], row["sweep"] = knob, swept
+        if method == "vanilla":
+            vanilla_hist = torch.tensor(row["histogram"], dtype=torch.float64)
+        if not swept:
+            images[method] = run.images
+        rows.append(row)
+        log(f"[{scenario.name}] {method} {knob}={strength}: " + ", ".join(
+            f"{key}={value:.3f}" for key, value in row.items() if isinstance(value, float)))
     return rows, images
