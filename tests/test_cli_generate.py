@@ -127,6 +127,12 @@ def test_negation_build_skips_non_images_and_records_the_class(negation_file, ne
     assert neg.metadata["source_dir"] == str(negation_images.resolve())
 
 
+def test_negation_inspect_shows_what_the_set_holds(negation_file):
+    code, out, err = _run(["negation", "inspect", str(negation_file)])
+    assert code == 0, err
+    assert "3 image(s), latents (4, 8, 8)" in out and "reference: none" in out and "negated_class: 3" in out
+
+
 @pytest.fixture(scope="module")
 def reference_images(tmp_path_factory) -> Path:
     reference = tmp_path_factory.mktemp("reference")

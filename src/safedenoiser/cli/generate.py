@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from safedenoiser.cli.app import app
+from safedenoiser.cli.app import app, hide_loading_bars
 from safedenoiser.errors import SafeDenoiserError
 
 
@@ -58,6 +58,8 @@ def generate(
     from safedenoiser.generation import generate as run
     from safedenoiser.prompts import read_prompts
 
+    if quiet:
+        hide_loading_bars()
     if prompt is not None and prompts is not None:
         raise SafeDenoiserError("give --prompt or --prompts, not both")
     if prompt_column is not None and prompts is None:

@@ -1,4 +1,5 @@
-"""`safe-denoiser negation build`: a negation set from a folder of images, through a model's VAE."""
+"""`safe-denoiser negation build`: a negation set from a folder of images, through a model's VAE; `negation
+inspect`: what a set holds."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from safedenoiser.cli.app import app
+from safedenoiser.cli.app import app, hide_loading_bars
 from safedenoiser.errors import SafeDenoiserError
 
 negation_app = typer.Typer(help="Build and inspect negation sets (the images to stay away from).",
@@ -92,6 +93,8 @@ def build(
     from safedenoiser.generation import load_pipeline, model_id, resolve_device
     from safedenoiser.negation import NegationSet
 
+    if quiet:
+        hide_loading_bars()
     if out.exists() and not overwrite:
         raise SafeDenoiserError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
     if out.suffix != ".safetensors":
@@ -126,3 +129,16 @@ def build(
     typer.echo(f"{out}: {len(neg)} image(s), latents {tuple(neg.sample_shape)}, fingerprint {neg.fingerprint}"
                + (f", negated_class {negated_class}" if negated_class is not None else "")
                + (f"; {len(bad)} file(s) skipped" if bad else ""))
+
+
+@negation_app.command("inspect")
+def inspect(path: Path = typer.Argument(..., help="A negation set (.safetensors from `negation build`).")) -> None:
+    """Show what a negation set holds: images, latent shape, reference images, bandwidth and its record."""
+    from safedenoiser.negation import NegationSet
+
+    neg = NegationSet.load(path)
+    reference = "none" if neg.reference is None else f"{len(neg.reference)} image(s) (the local estimator)"
+    typer.echo(f"{path}: {len(neg)} image(s), latents {tuple(neg.sample_shape)}, fingerprint {neg.fingerprint}\n"
+               f"  reference: {reference}\n  bandwidth: {neg.bandwidth:.4g}")
+    for key, value in sorted(neg.metadata.items()):
+        typer.echo(f"  {key}: {value}")
