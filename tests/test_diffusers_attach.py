@@ -4,6 +4,7 @@ refusals before sampling, float32 and bfloat16, composition with negative prompt
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import diffusers
@@ -252,6 +253,70 @@ def test_refuses_a_set_encoded_by_another_vae(sd_pipe):
 def test_refuses_empty_and_nan_sets(latents, message):
     with pytest.raises(SafeDenoiserError, match=message):
         NegationSet.from_latents(latents)
+
+
+@pytest.mark.parametrize("images, message", [(torch.rand(2, 1, 16, 16), r"got shape \(2, 1, 16, 16\)"),
+                                              (torch.rand(0, 3, 16, 16), "with N >= 1")])
+def test_from_images_refuses_a_tensor_the_vae_cannot_take(sd_pipe, images, message):
+    with pytest.raises(SafeDenoiserError, match=message):
+        NegationSet.from_images(sd_pipe, images, progress=False)
+
+
+def test_user_mistakes_with_sets_are_named(tmp_path):
+    with pytest.raises(SafeDenoiserError, match="for image files use NegationSet.from_images"):
+        NegationSet.from_latents("images/")
+    with pytest.raises(SafeDenoiserError, match="folder .* does not exist"):
+        far_set().save(tmp_path / "missing" / "set.safetensors")
+    safe = SafeDenoiser(far_set())
+    x = torch.randn(2, *LATENT)
+    with pytest.raises(SafeDenoiserError, match="x_t has shape"):
+        safe.correct(x, 1.0, 1.0, x[:1])
+    with pytest.raises(SafeDenoiserError, match="negation latents have shape"):
+        safe.correct(x[:, :, :4], 1.0, 1.0, x[:, :, :4])
+    for weight in (0.0, -1.0):
+        with pytest.raises(SafeDenoiserError, match="max_weight"):
+            SafeDenoiser(far_set(), max_weight=weight)
+    with pytest.raises(SafeDenoiserError, match="min_weight"):
+        SafeDenoiser(far_set(), min_weight=-1.0)
+
+
+# ------------------------------------------------------------------------------ the paper rule's fresh noise
+
+
+def _paper_loop(scheduler_name: str, safe: bool, generators: list | None = None, seed: int = 0) -> torch.Tensor:
+    """An own loop over a scheduler with a "model" predicting fixed clean targets, stopped before its last
+    step (the state, noisy, still shows which noise each image drew); with ``safe``, the paper
+    rule, whose negation set holds the first 2 of the 4 images (it acts on them at every step, never on the
+    others, which lie far away)."""
+    gen = torch.Generator().manual_seed(3)
+    targets = torch.randn(4, *LATENT, generator=gen)
+    targets[2:] += 40.0
+    near = NegationSet.from_latents(targets[:2] + 0.01 * torch.randn(2, *LATENT, generator=gen))
+    scheduler = {"DDPM": diffusers.DDPMScheduler, "UniPC": diffusers.UniPCMultistepScheduler}[scheduler_name].from_config(
+        SD_SCHEDULER, prediction_type="sample")
+    torch.manual_seed(seed)  # torch's global RNG: must not matter
+    corrector = SafeDenoiser(near, h=1.0, s=0.5, window=0.0, tau=0.0)
+    with corrector.attach(scheduler) if safe else contextlib.nullcontext():
+        scheduler.set_timesteps(6)
+        x = torch.randn(4, *LATENT, generator=torch.Generator().manual_seed(4)) * scheduler.init_noise_sigma
+        for t in scheduler.timesteps[:-1]:  # the last step would return the targets whatever the path
+            extra = {"generator": generators} if generators is not None else {}
+            x = scheduler.step(targets.clone(), t, x, **extra).prev_sample
+    if safe:
+        assert [r.acted for r in corrector.trace] == [2] * (len(scheduler.timesteps) - 1)
+    return x
+
+
+def test_paper_rule_leaves_images_that_never_act_bit_identical_to_vanilla():
+    per_image = lambda: [torch.Generator().manual_seed(10 + i) for i in range(4)]  # noqa: E731
+    vanilla = _paper_loop("DDPM", safe=False, generators=per_image())
+    corrected = _paper_loop("DDPM", safe=True, generators=per_image())
+    assert torch.equal(corrected[2:], vanilla[2:])  # their generators were not advanced by the re-noising
+    assert not torch.equal(corrected[:2], vanilla[:2])
+
+
+def test_paper_rule_is_reproducible_with_a_scheduler_whose_step_takes_no_generator():
+    assert torch.equal(_paper_loop("UniPC", safe=True, seed=0), _paper_loop("UniPC", safe=True, seed=1))
 
 
 # ------------------------------------------------------------------------------ composition

@@ -9,7 +9,8 @@ This is the edge where a scheduler's model output becomes the denoised estimate 
    ``do_classifier_free_guidance`` (False for a bare scheduler), or ``attach``'s ``guided``;
 4. nothing acted: the original ``step`` with the original arguments (bit-identical to vanilla);
    identity (default): the model output of the acted samples replaced by ``from_x0(x0_safe)``;
-   paper rule: the acted samples re-noised, ``alpha x0_safe + sigma z``, then the original step.
+   paper rule: the acted samples re-noised, ``alpha x0_safe + sigma z`` (``z`` seeded by the image itself,
+   `_fresh_noise`), then the original step.
 
 Any loop that calls ``pipe.scheduler.step`` is covered: every diffusers pipeline with a supported
 scheduler, and a user's own loop over ``pipe.scheduler`` and ``pipe.unet``.
@@ -17,6 +18,7 @@ scheduler, and a user's own loop over ``pipe.scheduler`` and ``pipe.unet``.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from contextlib import contextmanager
 from typing import Iterator
@@ -159,7 +161,7 @@ def _safe_step(safe, scheduler, original, pipe, guided: bool | None):
             return original(*args, **kwargs)
         mask = corr.acted.to(sample.device).reshape(-1, *([1] * (sample.ndim - 1)))
         if corr.renoise:  # the authors' rule: re-noise x0_safe to this level, unchanged model output
-            noise = _randn(sample.shape, bound.arguments.get("generator"), sample.device, dtype)
+            noise = _fresh_noise(sample, timestep, corr.acted.cpu(), dtype)
             renoised = alpha * corr.x0.to(dtype) + sigma * noise
             bound.arguments["sample"] = torch.where(mask, renoised.to(sample.dtype), sample)
         else:
@@ -172,10 +174,17 @@ def _safe_step(safe, scheduler, original, pipe, guided: bool | None):
     return step
 
 
-def _randn(shape, generator, device, dtype) -> Tensor:
-    from diffusers.utils.torch_utils import randn_tensor
-
-    return randn_tensor(tuple(shape), generator=generator, device=device, dtype=dtype)
+def _fresh_noise(sample: Tensor, timestep, acted: Tensor, dtype: torch.dtype) -> Tensor:
+    """The paper rule's fresh noise: for each acted image, a stream seeded by its own values and the timestep
+    (zeros for the others). It draws from no generator of the user's nor torch's global one, so images
+    that never act stay bit-identical to vanilla whatever their batch-mates do, and a run is reproducible
+    with any scheduler, including those whose ``step`` takes no generator (LMS, UniPC, DEIS)."""
+    noise = torch.zeros(sample.shape, dtype=dtype)
+    for i in acted.nonzero().flatten().tolist():
+        key = sample[i].detach().float().cpu().numpy().tobytes() + repr(float(timestep)).encode()
+        seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
+        noise[i] = torch.randn(sample.shape[1:], generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return noise.to(sample.device)
 
 
 @contextmanager
