@@ -217,3 +217,19 @@ def test_the_paper_rule_refuses_the_identitys_settings(setting, extra):
     extra = {"reference": reference} if extra == {"reference": "set"} else extra
     with pytest.raises(SafeDenoiserError, match=f"{next(iter(extra))} set the identity's estimator"):
         SafeDenoiser(negation, preset="sd14-nudity", **extra)
+
+
+@pytest.mark.parametrize("beta", ["local", "labelled", "ratio", "hybrid"])
+def test_every_estimator_checks_its_reference_the_same_way(setting, beta):
+    _, negation, reference = setting
+    bad = reference.clone()
+    bad[3] = float("nan")  # one NaN turned local's beta into NaN everywhere: nothing was ever corrected
+    with pytest.raises(SafeDenoiserError, match="the reference set holds NaN"):
+        SafeDenoiser(negation, beta=beta, reference=bad)
+    with pytest.raises(SafeDenoiserError, match="reference must be a tensor"):
+        SafeDenoiser(negation, beta=beta, reference=list(reference))
+    as_set = SafeDenoiser(negation, beta=beta, reference=NegationSet.from_latents(reference))
+    x = reference[:20]
+    one = torch.tensor(1.0, dtype=torch.float64)
+    torch.testing.assert_close(as_set.correct(x, one, 0.5 * one, x).beta,
+                               SafeDenoiser(negation, beta=beta, reference=reference).correct(x, one, 0.5 * one, x).beta)

@@ -56,12 +56,18 @@ def check_reference_shape(reference: Tensor, sample_shape: tuple[int, ...]) -> N
                                 f"{tuple(sample_shape)}; both must live in the model's space")
 
 
-def reference_samples(negation: "NegationSet", reference: Tensor, estimator: str) -> Tensor:
-    """``reference`` as a tensor, refused unless it holds at least 2 samples shaped like the set's."""
-    reference = torch.as_tensor(reference)
+def reference_samples(negation: "NegationSet", reference: "Tensor | NegationSet", estimator: str) -> Tensor:
+    """``reference`` (a tensor of samples, or a `NegationSet` whose latents are taken) as a tensor, refused
+    unless it holds at least 2 finite samples shaped like the set's."""
+    if isinstance(reference, NegationSet):
+        reference = reference.latents
+    if not isinstance(reference, Tensor):
+        raise SafeDenoiserError(f"reference must be a tensor of samples [K, {', '.join(map(str, negation.sample_shape))}]"
+                                f" (or a NegationSet), got {type(reference).__name__}")
     check_reference_shape(reference, negation.sample_shape)
     if len(reference) < 2:
         raise SafeDenoiserError(f"the {estimator} estimator needs at least 2 reference samples, got {len(reference)}")
+    check_finite(reference, "the reference set")
     return reference
 
 
@@ -97,7 +103,14 @@ class NegationSet:
     @classmethod
     def from_latents(cls, latents: Tensor, **metadata: str) -> "NegationSet":
         """A set from latents ``[M, C, H, W]`` (or points ``[M, D]``) in the space the model denoises."""
-        return cls(torch.as_tensor(latents).float(), metadata={k: str(v) for k, v in metadata.items()})
+        if isinstance(latents, (str, bytes, Path)):
+            raise SafeDenoiserError(f"from_latents takes latents (a tensor [M, C, H, W]), got {latents!r}; for image "
+                                    "files use NegationSet.from_images(pipe, ...)")
+        try:
+            latents = torch.as_tensor(latents).float()
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise SafeDenoiserError(f"from_latents takes a tensor [M, C, H, W] (or points [M, D]): {err}") from err
+        return cls(latents, metadata={k: str(v) for k, v in metadata.items()})
 
     @classmethod
     def from_images(cls, pipe, images, *, batch_size: int = 8, progress: bool = True) -> "NegationSet":
@@ -110,6 +123,8 @@ class NegationSet:
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
         """Write the latents and metadata as safetensors (no pickles)."""
+        if not Path(path).parent.is_dir():
+            raise SafeDenoiserError(f"cannot save {path}: folder {Path(path).parent} does not exist")
         meta = dict(self.metadata, format_version=str(FORMAT_VERSION), bandwidth=repr(self.bandwidth),
                     shape=json.dumps(list(self.latents.shape)))
         tensors = {"latents": self.latents.float().contiguous().cpu()}

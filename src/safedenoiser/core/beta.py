@@ -18,8 +18,7 @@ from torch import Tensor
 from safedenoiser.core.bandwidth import MAX_PAIRWISE_POINTS, calibration_points, distances_to_others
 from safedenoiser.core.kernels import FlatSet, gaussian_log_density, kernel_logits, squared_distances
 from safedenoiser.errors import SafeDenoiserError
-from safedenoiser.negation import (NegationSet, UnsafePosterior, check_reference_shape, noise_levels,
-                                   reference_samples)
+from safedenoiser.negation import NegationSet, UnsafePosterior, noise_levels, reference_samples
 
 
 class BetaEstimator(Protocol):
@@ -81,9 +80,7 @@ class KernelRatioBeta:
                  prior: float | None = None, smoothing: float | None = None, quantile: float = 0.5):
         self.smoothing = negation.bandwidth if smoothing is None else smoothing
         # the reference is only ever smoothed with the negation set's width: no calibration of its own
-        self.reference = reference if isinstance(reference, NegationSet) else NegationSet(
-            torch.as_tensor(reference).float(), bandwidth=self.smoothing)
-        check_reference_shape(self.reference.latents, negation.sample_shape)
+        self.reference = NegationSet(reference_samples(negation, reference, "ratio").float(), bandwidth=self.smoothing)
         if prior is None:
             tau, _ = support_threshold(negation, quantile)
             inside = negation.clean_log_mass(self.reference.latents.double()) >= tau

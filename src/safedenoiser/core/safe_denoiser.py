@@ -156,6 +156,10 @@ class SafeDenoiser:
             raise SafeDenoiserError(f"latch must be True, False or 'auto', got {latch!r}")
         if features not in FEATURE_SPACES:
             raise SafeDenoiserError(f"features must be 'auto', 'unet' or 'latent', got {features!r}")
+        if max_weight is not None and not max_weight > 0:
+            raise SafeDenoiserError(f"max_weight caps w = beta / (1 - beta): it must be positive, got {max_weight}")
+        if not min_weight >= 0:
+            raise SafeDenoiserError(f"min_weight must be >= 0, got {min_weight}")
         self.negation = negation
         self.latch, self.features = latch, features
         self._unet_features: UNetFeatures | None = None  # of the pipeline `bind` last saw
@@ -230,6 +234,11 @@ class SafeDenoiser:
                 guided: bool = False) -> Correction:
         """Apply the safe denoiser to one batch; records a `StepRecord` in `trace`. ``guided``: ``x0_hat``
         comes from classifier-free guidance (turns on ``latch="auto"``)."""
+        if x_t.shape != x0_hat.shape:
+            raise SafeDenoiserError(f"x_t has shape {tuple(x_t.shape)} but x0_hat {tuple(x0_hat.shape)}: give the "
+                                    "model's estimate of the same batch")
+        if self.sample_shape is not None and tuple(x_t.shape[1:]) != self.sample_shape:
+            self.negation.check_compatible(tuple(x_t.shape[1:]))  # raises, naming both shapes
         dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32  # kernel math in >= float32
         x, d = x_t.to(dtype), x0_hat.to(dtype)
         batch = x.shape[0]

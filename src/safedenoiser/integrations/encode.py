@@ -100,8 +100,9 @@ def load_images(images, size: int, channels: int) -> tuple[Tensor, list[str] | N
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(images, Tensor):
-        if images.ndim != 4:
-            raise SafeDenoiserError(f"an image tensor must be [N, C, H, W] in [-1, 1], got shape {tuple(images.shape)}")
+        if images.ndim != 4 or len(images) == 0 or images.shape[1] != channels:
+            raise SafeDenoiserError(f"an image tensor must be [N, {channels}, H, W] in [-1, 1] with N >= 1 (the "
+                                    f"model's VAE takes {channels} channels), got shape {tuple(images.shape)}")
         x = images.float()
         if x.shape[-2:] != (size, size):
             x = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", antialias=True).clamp(-1, 1)
