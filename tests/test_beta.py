@@ -231,5 +231,5 @@ def test_every_estimator_checks_its_reference_the_same_way(setting, beta):
     as_set = SafeDenoiser(negation, beta=beta, reference=NegationSet.from_latents(reference))
     x = reference[:20]
     one = torch.tensor(1.0, dtype=torch.float64)
-    torch.testing.assert_close(as_set.correct(x, one, 0.5 * one, x).beta,
-                               SafeDenoiser(negation, beta=beta, reference=reference).correct(x, one, 0.5 * one, x).beta)
+    as_tensor = SafeDenoiser(negation, beta=beta, reference=reference)
+    torch.testing.assert_close(as_set.correct(x, one, 0.5 * one, x).beta, as_tensor.correct(x, one, 0.5 * one, x).beta)

@@ -292,8 +292,8 @@ def _paper_loop(scheduler_name: str, safe: bool, generators: list | None = None,
     targets = torch.randn(4, *LATENT, generator=gen)
     targets[2:] += 40.0
     near = NegationSet.from_latents(targets[:2] + 0.01 * torch.randn(2, *LATENT, generator=gen))
-    scheduler = {"DDPM": diffusers.DDPMScheduler, "UniPC": diffusers.UniPCMultistepScheduler}[scheduler_name].from_config(
-        SD_SCHEDULER, prediction_type="sample")
+    kind = {"DDPM": diffusers.DDPMScheduler, "UniPC": diffusers.UniPCMultistepScheduler}[scheduler_name]
+    scheduler = kind.from_config(SD_SCHEDULER, prediction_type="sample")
     torch.manual_seed(seed)  # torch's global RNG: must not matter
     corrector = SafeDenoiser(near, h=1.0, s=0.5, window=0.0, tau=0.0)
     with corrector.attach(scheduler) if safe else contextlib.nullcontext():

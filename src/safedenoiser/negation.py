@@ -62,8 +62,9 @@ def reference_samples(negation: "NegationSet", reference: "Tensor | NegationSet"
     if isinstance(reference, NegationSet):
         reference = reference.latents
     if not isinstance(reference, Tensor):
-        raise SafeDenoiserError(f"reference must be a tensor of samples [K, {', '.join(map(str, negation.sample_shape))}]"
-                                f" (or a NegationSet), got {type(reference).__name__}")
+        shape = ", ".join(map(str, negation.sample_shape))
+        raise SafeDenoiserError(f"reference must be a tensor of samples [K, {shape}] (or a NegationSet), got "
+                                f"{type(reference).__name__}")
     check_reference_shape(reference, negation.sample_shape)
     if len(reference) < 2:
         raise SafeDenoiserError(f"the {estimator} estimator needs at least 2 reference samples, got {len(reference)}")

@@ -17,8 +17,8 @@ def generate(
                               "diffusers folder, or a hub id."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="One prompt (text models)."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="A prompt file: .txt (one a line), .jsonl "
-                                           "(a 'prompt' field), .json (an array) or .csv/.tsv (I2P, Ring-A-Bell, UnlearnDiffAtk, "
-                                           "MMA-Diffusion, CoPro as they are)."),
+                                           "(a 'prompt' field), .json (an array) or .csv/.tsv (I2P, Ring-A-Bell, "
+                                           "UnlearnDiffAtk, MMA-Diffusion, CoPro as they are)."),
     prompt_column: Optional[str] = typer.Option(None, "--prompt-column", help="The CSV column (or JSONL field) "
                                                 "holding the prompt; default: the first present of prompt, "
                                                 "'sensitive prompt', adv_prompt, unsafe_prompt."),

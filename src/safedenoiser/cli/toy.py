@@ -53,7 +53,8 @@ def toy(
     plot: Path | None = typer.Option(None, help="Also draw vanilla against this method to this PNG (first two coordinates)."),
     sampler: Sampler = typer.Option(Sampler.dpmpp, help="dpm++ or ddim (deterministic ODE), ancestral (stochastic)."),
     steps: int | None = typer.Option(None, min=2, help="Sampling steps (default: 60 dpm++, 100 ddim, 150 ancestral)."),
-    estimator: str | None = typer.Option(None, help=f"Beta estimator of the kernel method: labelled, hybrid, ratio or gate (default {DEFAULT_ESTIMATOR})."),
+    estimator: str | None = typer.Option(None, help="Beta estimator of the kernel method: labelled, hybrid, "
+                                         f"ratio or gate (default {DEFAULT_ESTIMATOR})."),
     overwrite: bool = typer.Option(False, help="Replace existing output files."),
 ) -> None:
     """Sample a Gaussian mixture with a negated component; report negated share and SW2 to the exact safe mixture."""
