@@ -5,7 +5,8 @@
     python benchmarks/run_eval.py --render             # only re-render docs/results.md from the JSON
 
 Per scenario it writes docs/results/eval-SCENARIO.json (metric rows) and eval-SCENARIO.png (samples
-of every method on the same seeds), the trade-off plot eval-tradeoff.png, and the page.
+of every method on the same seeds), the trade-off plot eval-SCENARIO-tradeoff.png (the unconditional
+scenario's sweep), and the page.
 """
 
 from __future__ import annotations

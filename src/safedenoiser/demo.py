@@ -9,6 +9,7 @@ for other classes. The bundled classifier judges every image.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,14 +120,16 @@ def run_demo(out_dir: str | Path, *, negated_class: int = DEFAULT_CLASS, n_per_p
     if others and not overwrite:  # e.g. a `generate` run, whose manifest.jsonl the demo's would replace
         raise SafeDenoiserError(f"--out {out_dir} holds files the demo did not write ({', '.join(others[:4])}); "
                                 "choose another folder, or pass --overwrite to write the demo's files there")
+    start = time.perf_counter()
     pipe = load_pipeline(MODEL)
     pipe.set_progress_bar_config(disable=True)
     prompts = demo_prompts(negated_class)
     neg = class_negation_set(pipe, negated_class)
     records: list[dict] = []
+    generated = 0
     for method, negation in (("vanilla", None), ("safe", neg)):
-        generate(out_dir / method, model=MODEL, pipe=pipe, prompts=[p.text for p in prompts], n_per_prompt=n_per_prompt,
-                 seed=seed, negation=negation, overwrite=overwrite, progress=progress, device="cpu")
+        generated += generate(out_dir / method, model=MODEL, pipe=pipe, prompts=[p.text for p in prompts], n_per_prompt=n_per_prompt,
+                 seed=seed, negation=negation, overwrite=overwrite, progress=progress, device="cpu").generated
         for record in read_manifest(out_dir / method):
             record["file"] = f"{method}/{record['file']}"
             records.append(record)
@@ -142,7 +145,8 @@ def run_demo(out_dir: str | Path, *, negated_class: int = DEFAULT_CLASS, n_per_p
     from safedenoiser.demo_report import draw_grid, write_report
 
     draw_grid(out_dir, records, prompts, negated_class, out_dir / "grid.png")
-    write_report(out_dir / "report.md", summary, negated_class, n_per_prompt)
+    write_report(out_dir / "report.md", summary, negated_class, n_per_prompt,
+                 timing=(time.perf_counter() - start, generated, len(records)))
     return summary
 
 

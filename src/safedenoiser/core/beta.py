@@ -178,7 +178,7 @@ class KernelGateBeta:
     tenth of the spread between their median and ``tau``. ``log m(D(x_t))`` is read from
     ``unsafe.clean_log_mass`` when the posterior carries it, else computed here. Alone it only fires
     once ``D(x_t)`` is in the set's support, where ``D - D_unsafe`` is small, so it pushes harder:
-    ``w`` up to ``max_weight = 100`` (20 cut the known-answer mixture's negated share only to 3.5-6.1%).
+    ``w`` up to ``max_weight = 100`` rather than the identity's usual 20.
     """
 
     max_weight = 100.0
