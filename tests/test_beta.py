@@ -35,8 +35,8 @@ def test_ratio_prior_recovers_the_negated_mass(setting):
 
 @pytest.mark.parametrize("ratio", [50.0, 5.0, 1.0])
 def test_ratio_estimate_tracks_exact_beta_at_high_and_mid_noise(setting, ratio):
-    spec, negation, reference = setting
-    negation.latents = negation.latents.double()
+    spec, shared, reference = setting
+    negation = NegationSet(shared.latents.double(), bandwidth=shared.bandwidth)  # a copy: the fixture is shared
     est = KernelRatioBeta(negation, reference)
     a, s = _levels(ratio)
     x0 = spec.mixture.sample(2000, torch.Generator().manual_seed(1))[0]

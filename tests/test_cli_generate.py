@@ -21,6 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
+from safedenoiser import SafeDenoiser
 from safedenoiser.cli import main
 from safedenoiser.generation import MANIFEST_FILE, generate, read_manifest
 from safedenoiser.negation import NegationSet
@@ -189,6 +190,25 @@ def test_safe_run_records_the_set_and_uses_the_vanilla_seeds(model, negation_fil
     assert [r["file"] for r in safe] == [r["file"] for r in vanilla]
     for r in safe:
         assert (r["method"], r["negation"], r["negated_class"], r["preset"]) == ("safe", fingerprint, 3, None)
+
+
+def test_a_safe_run_consults_the_safe_denoiser_at_every_step_of_every_image(model, negation_file, tmp_path,
+                                                                              monkeypatch):
+    """The images of a random-weight pipeline never come near a set, so what shows the correction is in
+    the loop is that every step of every image went through `SafeDenoiser.correct`."""
+    stepped = []
+    original = SafeDenoiser.correct
+
+    def counting(self, x_t, *args, **kwargs):
+        stepped.append(x_t.shape[0])
+        return original(self, x_t, *args, **kwargs)
+
+    monkeypatch.setattr(SafeDenoiser, "correct", counting)
+    assert _gen(model, tmp_path / "safe", "--prompt", "a bag", "--n", "3", "--negation", str(negation_file))[0] == 0
+    assert sum(stepped) == 3 * int(STEPS)
+    stepped.clear()
+    assert _gen(model, tmp_path / "vanilla", "--prompt", "a bag", "--n", "3")[0] == 0
+    assert not stepped
 
 
 def test_a_preset_is_recorded_in_the_manifest_and_the_run(model, negation_file, tmp_path):

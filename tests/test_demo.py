@@ -22,6 +22,7 @@ def test_demo_writes_grid_manifest_and_report(tmp_path):
     assert f"generating {len(records)} of the {len(records)} images (0 were" in (tmp_path / "report.md").read_text()
     assert all(isinstance(r["reference_copy"], bool) for r in records)
     assert summary[("vanilla", "direct")]["negated"] >= 0.6  # the prompts do ask for sneakers
+    assert summary[("safe", "direct")]["negated"] < summary[("vanilla", "direct")]["negated"]
     assert {p.name for p in tmp_path.iterdir()} == set(DEMO_ENTRIES)  # what a rerun may resume
 
 

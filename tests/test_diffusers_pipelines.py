@@ -8,6 +8,7 @@ import json
 import logging
 
 import diffusers
+import numpy as np
 import pytest
 import torch
 from conftest import MAX_TOKENS, SD_SCHEDULER, TEXT_DIM, tiny_unet_pixels, tiny_vae
@@ -135,7 +136,7 @@ def test_sd3_flow_matching_pipeline():
     assert all(abs(r.alpha + r.sigma - 1) < 1e-6 for r in safe.trace)  # flow levels
 
 
-def test_dit_pipeline_with_learned_variance():
+def test_dit_pipeline_far_set_is_bit_identical_and_sees_the_guided_batch():
     from diffusers import DiTPipeline, DiTTransformer2DModel
 
     torch.manual_seed(0)
@@ -153,6 +154,24 @@ def test_dit_pipeline_with_learned_variance():
     safe = SafeDenoiser(far((4, 8, 8)))
     assert torch.equal(vanilla, with_safe(safe, pipe, go))
     assert len(safe.trace) == 4 and safe.trace[0].batch == 4  # CFG doubles DiT's stepped batch
+
+
+def test_learned_range_variance_passes_through_the_correction():
+    """DDPM with ``learned_range``: the model outputs [eps, variance]; the correction replaces eps and must
+    hand the variance channels on (DiT drops them before the scheduler, so it does not show this)."""
+    pipe = diffusers.DDPMPipeline(unet=tiny_unet_pixels(out_channels=6),
+                                  scheduler=diffusers.DDPMScheduler(variance_type="learned_range"))
+    pipe.set_progress_bar_config(disable=True)
+
+    def go():
+        out = pipe(batch_size=2, num_inference_steps=5, output_type="np", generator=torch.Generator().manual_seed(0))
+        return torch.from_numpy(out.images)
+
+    vanilla = go()
+    safe = SafeDenoiser(NegationSet.from_images(pipe, vanilla.permute(0, 3, 1, 2) * 2 - 1, progress=False))
+    out = with_safe(safe, pipe, go)
+    assert sum(r.acted for r in safe.trace) > 0
+    assert torch.isfinite(out).all() and not torch.equal(out, vanilla)
 
 
 # ------------------------------------------------------------------------------ encode_images
@@ -193,6 +212,15 @@ def test_pil_images_are_resized_to_the_pipeline_size(sd_pipe):
     images = [Image.new("RGB", (40, 30), color=(200, 10, 10)), Image.new("RGB", (16, 16))]
     negation = NegationSet.from_images(sd_pipe, images, progress=False)
     assert negation.sample_shape == (4, 8, 8)
+
+
+def test_pil_images_are_scaled_by_their_shorter_side_then_centre_cropped():
+    from safedenoiser.integrations.encode import load_images
+
+    gradient = Image.fromarray(np.tile(np.arange(0, 240, 3, dtype=np.uint8), (60, 1)))  # 80 wide, 60 high
+    pixels, _ = load_images([gradient], 16, 1)
+    expected = np.asarray(gradient.resize((21, 16), Image.BICUBIC), dtype=np.float32)[:, 2:18] / 127.5 - 1
+    np.testing.assert_allclose(pixels[0, 0].numpy(), expected, atol=1e-6)
 
 
 def test_vae_fingerprint_survives_half_precision_and_tells_vaes_apart(sd_pipe):

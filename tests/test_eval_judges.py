@@ -92,9 +92,16 @@ def test_nudenet_judge_explains_how_to_install_it(monkeypatch):
     (["eval", "text", "--n", "3"], "--n must be at least 4"),
     (["eval", "text", "--class", "12"], "--class must be a Fashion-MNIST class 0..9"),
 ])
-def test_eval_cli_refuses_bad_input_before_loading_models(args, message):
+def test_eval_cli_refuses_bad_input_before_loading_models(args, message, monkeypatch):
+    import safedenoiser.eval.judges
+    import safedenoiser.eval.scenarios
+
+    loaded = []
+    monkeypatch.setattr(safedenoiser.eval.scenarios, "build_scenario", lambda *a, **k: loaded.append(a))
+    monkeypatch.setattr(safedenoiser.eval.judges, "make_judge", lambda *a, **k: loaded.append(a))
     result = CliRunner().invoke(app, args)
     assert result.exit_code != 0 and message in str(result.exception)
+    assert not loaded
 
 
 def test_eval_cli_judges_a_folder_with_nudenet(tmp_path):

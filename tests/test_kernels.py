@@ -44,6 +44,8 @@ def test_far_points_do_not_underflow():
     y = torch.randn(10, 3)
     mean, log_mass = kernel_mean(x, FlatSet.of(y), scale=torch.ones(2), bandwidth=torch.full((2,), 1e-2))
     assert torch.isfinite(mean).all() and torch.isfinite(log_mass).all()
+    nearest = y[torch.cdist(x, y).argmin(1)]  # the narrow kernel's mean is the nearest point, not 0
+    torch.testing.assert_close(mean, nearest)
 
 
 def test_gaussian_log_density_is_the_noised_empirical_density():

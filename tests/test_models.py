@@ -11,13 +11,12 @@ from diffusers import StableDiffusionPipeline
 
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.models.class_pipeline import FashionClassPipeline
-from safedenoiser.models.data import CLASS_NAMES, ENV_VAR, load_fashion_mnist
+from safedenoiser.models.data import CLASS_NAMES, ENV_VAR, data_dir, load_fashion_mnist
 from safedenoiser.models.prompts import CLASS_NAME_PROMPTS, HELDOUT_PROMPTS, TRAIN_CAPTIONS
 from safedenoiser.models.registry import (BUNDLED, WEIGHTS_DIR, load_classifier, load_pipeline,
                                           sampling_defaults)
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_data = pytest.mark.skipif(not FMNIST.is_dir(), reason="dataset-fashion-mnist not installed")
+needs_data = pytest.mark.skipif(not data_dir().is_dir(), reason="dataset-fashion-mnist not installed")
 
 
 # ---------------------------------------------------------------------------------------- loader
@@ -99,6 +98,10 @@ def test_vae_maps_32px_images_to_4x8x8_latents_with_unit_scaled_variance():
         z = pipe.vae.encode(torch.zeros(2, 1, 32, 32) - 1).latent_dist.mean
     assert z.shape == (2, 4, 8, 8)
     assert pipe.vae_scale_factor == 4
+    images, _ = load_fashion_mnist("test", size=32)
+    with torch.no_grad():
+        scaled = pipe.vae.encode(images[:256]).latent_dist.mean * pipe.vae.config.scaling_factor
+    assert 0.8 < float(scaled.std()) < 1.2  # what the scaling factor is for
 
 
 # ------------------------------------------------------------------------------------ pipelines
@@ -184,10 +187,11 @@ def test_folder_without_model_index_is_refused(tmp_path):
         load_pipeline(str(tmp_path))
 
 
-def test_bundled_models_have_measured_sampling_defaults():
+def test_bundled_sampling_defaults_are_the_settings_their_quality_was_measured_with():
+    measured = (Path(__file__).parents[1] / "docs" / "results" / "model_quality.md").read_text()
     for name in BUNDLED:
         defaults = sampling_defaults(name)
-        assert defaults["num_inference_steps"] >= 10 and defaults["guidance_scale"] > 1
+        assert f"{name}: DDIM {defaults['num_inference_steps']} steps, guidance {defaults['guidance_scale']}" in measured
 
 
 # -------------------------------------------------------------------------------------- prompts
@@ -213,7 +217,8 @@ def test_train_refuses_before_training(args, message):
 
     from safedenoiser.cli import app
 
-    before = sorted(p.stat().st_mtime_ns for p in (WEIGHTS_DIR / "classifier").iterdir())
+    folder = WEIGHTS_DIR / {"classifier": "classifier", "vae": "fashion-vae"}[args[1]]
+    before = sorted(p.stat().st_mtime_ns for p in folder.iterdir())
     result = CliRunner().invoke(app, args)
     assert isinstance(result.exception, SafeDenoiserError) and message in str(result.exception)
-    assert sorted(p.stat().st_mtime_ns for p in (WEIGHTS_DIR / "classifier").iterdir()) == before
+    assert sorted(p.stat().st_mtime_ns for p in folder.iterdir()) == before
