@@ -4,10 +4,11 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Ask only the local pip index for torch: a CPU wheel of 2.13.0 lies on disk here.
+# torch first, pinned: on these machines a CPU wheel of 2.13.0 lies in the local index (an unpinned
+# torch pulled in by a dependency would be the 5 GB CUDA build).
 TORCH   := torch==2.13.0
 
-.PHONY: install data demo test test-fast bench train results clean
+.PHONY: install data demo test bench train results clean
 
 install: $(STAMP)
 
@@ -28,15 +29,15 @@ test: install data
 	$(PY) -m pytest -q -n 2
 
 bench: install data
-	$(PY) benchmarks/estimators_toy.py
+	$(PY) benchmarks/estimators_toy.py --n 4000 --seeds 4 --jobs 2
 
 # Retrain every bundled Fashion-MNIST model from scratch (long: about an hour on two CPU cores;
 # not part of `make test`), then re-measure their quality into training.json and docs/results.
 train: install data
-	$(VENV)/bin/safe-denoiser train vae --overwrite
-	$(VENV)/bin/safe-denoiser train classifier --overwrite
-	$(VENV)/bin/safe-denoiser train text --overwrite
-	$(VENV)/bin/safe-denoiser train class --overwrite
+	$(VENV)/bin/safe-denoiser train vae --overwrite --threads 1
+	$(VENV)/bin/safe-denoiser train classifier --overwrite --threads 1
+	$(VENV)/bin/safe-denoiser train text --overwrite --threads 1
+	$(VENV)/bin/safe-denoiser train class --overwrite --threads 1
 	$(PY) benchmarks/model_quality.py --write --out docs/results/model_quality.md --grid docs/results/model_samples.png
 
 # Regenerate docs/results.md: every eval scenario and method on the bundled models (about ten

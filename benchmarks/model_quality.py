@@ -7,7 +7,7 @@ the test split; for `fashion-text`, the same agreement for the plain class-name 
 paraphrase, indirect; never trained on). Prints a table, writes markdown, and with `--write` stores
 the numbers in the models' training.json.
 
-    python benchmarks/model_quality.py [--n 50] [--heldout-n 20] [--steps 25] [--guidance 4]
+    python benchmarks/model_quality.py [--n 50] [--heldout-n 10] [--steps S] [--guidance G]
         [--models fashion-class fashion-text] [--write] [--out docs/results/model_quality.md]
         [--grid docs/results/model_samples.png]
 """
@@ -122,7 +122,7 @@ def _grid(images: torch.Tensor, n: int, per_row: int, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=50, help="samples per class (labels, class names)")
-    parser.add_argument("--heldout-n", type=int, default=20, help="samples per held-out prompt")
+    parser.add_argument("--heldout-n", type=int, default=10, help="samples per held-out prompt")
     parser.add_argument("--steps", type=int, default=None, help="default: the model's default")
     parser.add_argument("--guidance", type=float, default=None,
                         help="default: the model's default (registry.DEFAULT_SAMPLING)")

@@ -57,7 +57,7 @@ def evaluate(
     n: int = typer.Option(200, "--n", help=f"Images per method (at least {MIN_N})."),
     out: Path = typer.Option(Path("eval-out"), "--out", help="Folder for SCENARIO.json and SCENARIO.png."),
     judge: str = typer.Option("classifier", "--judge", help="classifier (bundled models) or nudenet "
-                              "(real photos, threshold 0.6; pip install 'safe-denoiser[nudenet]')."),
+                              "(real photos, threshold 0.6; pip install 'safe-denoiser\\[nudenet]')."),
     cls: Optional[int] = typer.Option(None, "--class", help="The negated class (text, unconditional) or the "
                                       "class split into clusters (class, memorization)."),
     sweep: bool = typer.Option(False, "--sweep", help="Also run each method at its other strengths."),
