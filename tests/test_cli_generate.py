@@ -365,6 +365,12 @@ def test_bad_input_exits_2_with_a_message(model, wrong_shape_set, negation_file,
     assert not (tmp_path / "out" / MANIFEST_FILE).exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
+def test_cuda_without_a_gpu_is_named_as_such(model, tmp_path):
+    code, _, err = _gen(model, tmp_path / "out", "--prompt", "a", "--device", "cuda")
+    assert code == 2 and "torch sees no CUDA GPU on this machine; use --device cpu" in err
+
+
 def test_an_unknown_model_exits_2(tmp_path):
     code, _, err = _gen("no-such-model", tmp_path / "out", "--prompt", "a")
     assert code == 2 and "unknown model 'no-such-model'" in err
