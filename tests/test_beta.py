@@ -62,7 +62,7 @@ def test_labelled_beta_is_the_noised_reference_posterior_of_its_labels_bounded_b
     negation = NegationSet(y, bandwidth=0.3)
     reference = torch.tensor([[0.0, 4.6], [-5.0, 0.0], [-5.1, 0.1], [5.0, 0.0], [5.1, 0.2]], dtype=torch.float64)
     est = LabelledReferenceBeta(negation, reference)
-    assert est.negated_reference.tolist() == [True, False, False, False, False] and est.prior == 0.2
+    assert est.negated_reference.tolist() == [True, False, False, False, False]
     x = torch.tensor([[0.0, 3.0], [2.0, 1.0], [-4.0, 0.5], [0.0, 5.5]], dtype=torch.float64)
     bound_acted = False
     for ratio in (0.1, 1.0, 10.0):

@@ -11,13 +11,13 @@ from typing import Optional
 import typer
 
 from safedenoiser.cli.app import app, hide_loading_bars
+from safedenoiser.cli.outputs import refuse_replacing_file
 from safedenoiser.errors import SafeDenoiserError
 
 negation_app = typer.Typer(help="Build and inspect negation sets (the images to stay away from).",
                            no_args_is_help=True)
 app.add_typer(negation_app, name="negation")
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 CLASS_FILE = "class.json"  # {"class_label": K}: written by tools that export one class's images
 
 
@@ -95,10 +95,7 @@ def build(
 
     if quiet:
         hide_loading_bars()
-    if out.exists() and not overwrite:
-        raise SafeDenoiserError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
-    if out.suffix != ".safetensors":
-        raise SafeDenoiserError(f"--out should end in .safetensors (got {out.name})")
+    refuse_replacing_file(out, (".safetensors",), overwrite)
     if batch_size < 1:
         raise SafeDenoiserError(f"--batch-size must be at least 1 (got {batch_size})")
     good, bad = scan_images(images)

@@ -11,6 +11,7 @@ import torch
 import typer
 
 from safedenoiser.cli.app import app
+from safedenoiser.cli.outputs import refuse_replacing_file
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.toy.metrics import negated_share, noise_floor, sliced_wasserstein
 from safedenoiser.toy.run import DEFAULT_ESTIMATOR, run_toy
@@ -33,13 +34,8 @@ PLOT_FORMATS = (".png", ".pdf", ".svg")
 
 
 def _check_output(path: Path, overwrite: bool, suffixes: tuple[str, ...], flag: str) -> None:
-    if path.suffix.lower() not in suffixes:
-        raise SafeDenoiserError(f"{flag} {path}: give a file name ending in {' or '.join(suffixes)}")
-    if path.is_dir():
-        raise SafeDenoiserError(f"{flag} {path} is a folder; give a file name ending in {' or '.join(suffixes)}")
-    if path.exists() and not overwrite:
-        raise SafeDenoiserError(f"{path} exists; pass --overwrite to replace it")
-    if not path.parent.exists():
+    refuse_replacing_file(path, suffixes, overwrite, flag)
+    if not path.parent.exists():  # numpy and matplotlib do not create it
         raise SafeDenoiserError(f"folder {path.parent} does not exist")
 
 

@@ -154,7 +154,6 @@ class LabelledReferenceBeta:
         smoothing = negation.bandwidth if smoothing is None else smoothing
         self.smoothing, self.negated_reference, self.negation = smoothing, unsafe, negation
         self.reference = NegationSet(reference.float(), bandwidth=smoothing)
-        self.prior = float(unsafe.double().mean())
 
     def __call__(self, x_t, alpha, sigma, x0_hat, unsafe):
         x = x_t.reshape(len(x_t), -1)
