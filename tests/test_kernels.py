@@ -5,14 +5,28 @@ import math
 import pytest
 import torch
 
-from safedenoiser.core.kernels import (FlatSet, gaussian_log_density, kernel_logits, kernel_mean, softmax_weights,
-                                       weighted_mean)
+from safedenoiser.core.kernels import (FlatSet, gaussian_log_density, kernel_logits, kernel_mean,
+                                       leave_one_out_log_ratio, softmax_weights, weighted_mean)
 
 
 def _direct(x, y, scale, bandwidth, power):
     d = (x[:, None, :] - scale[:, None, None] * y[None]).norm(dim=-1)
     logits = -(d ** power) / bandwidth[:, None]
     return torch.softmax(logits, 1) @ y, torch.logsumexp(logits, 1)
+
+
+@pytest.mark.parametrize("block", [4, 1024])
+def test_leave_one_out_log_ratio_matches_direct_computation(block):
+    gen = torch.Generator().manual_seed(2)
+    unsafe = torch.randn(7, 3, generator=gen, dtype=torch.float64) + 1
+    reference = torch.randn(10, 3, generator=gen, dtype=torch.float64)
+    h = 0.8
+    ratio = leave_one_out_log_ratio(reference, unsafe, lambda sq: -sq / (2 * h * h), block)
+    for k, r in enumerate(reference):  # the densities summed point by point, r_k left out of its own
+        p_unsafe = sum(math.exp(-float((r - y).square().sum()) / (2 * h * h)) for y in unsafe) / 7
+        p_ref = sum(math.exp(-float((r - other).square().sum()) / (2 * h * h))
+                    for j, other in enumerate(reference) if j != k) / 9
+        assert float(ratio[k]) == pytest.approx(math.log(p_unsafe / p_ref), rel=1e-9, abs=1e-12)
 
 
 @pytest.mark.parametrize("power", [1, 2])

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from safedenoiser.core.bandwidth import MAX_PAIRWISE_POINTS, calibration_points, distances_to_others
-from safedenoiser.core.kernels import FlatSet, gaussian_log_density, kernel_logits, squared_distances
+from safedenoiser.core.kernels import gaussian_log_density, kernel_logits, leave_one_out_log_ratio
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet, UnsafePosterior, noise_levels, reference_samples
 
@@ -98,18 +98,10 @@ def label_reference(negation: NegationSet, reference: Tensor, width: float, bloc
 
         (1/M) sum_n k(r_k, y_n)  >=  (1/(K-1)) sum_{j != k} k(r_k, r_j),    k = Gaussian of width ``width x h``,
 
-    ``h`` the set's bandwidth (``block`` reference rows at a time)."""
+    ``h`` the set's bandwidth (`leave_one_out_log_ratio`, ``block`` reference rows at a time)."""
     h = width * negation.bandwidth
-    y, r = negation.flat(reference.device, torch.float64), FlatSet.of(reference.double())
-    labels = []
-    for start in range(0, len(r.rows), block):
-        rows = r.rows[start:start + block]
-        own = squared_distances(rows, r)
-        own[torch.arange(len(rows)), torch.arange(start, start + len(rows))] = math.inf  # leave r_k out
-        log_u = torch.logsumexp(-squared_distances(rows, y) / (2 * h * h), 1) - math.log(len(y.rows))
-        log_r = torch.logsumexp(-own / (2 * h * h), 1) - math.log(len(r.rows) - 1)
-        labels.append(log_u >= log_r)
-    return torch.cat(labels)
+    y = negation.latents.reshape(len(negation), -1).to(reference.device, torch.float64)
+    return leave_one_out_log_ratio(reference.double(), y, lambda sq: -sq / (2 * h * h), block) >= 0
 
 
 class LabelledReferenceBeta:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -117,3 +118,25 @@ def gaussian_log_density(log_mass: Tensor, *, set_size: int, dim: int, variance:
         log p_t(x) = log_mass - log M - (D / 2) log(2 pi variance)
     """
     return log_mass - math.log(set_size) - 0.5 * dim * torch.log(2 * math.pi * variance)
+
+
+def leave_one_out_log_ratio(reference: Tensor, unsafe: Tensor, logits: Callable[[Tensor], Tensor],
+                            block: int = 1024) -> Tensor:
+    """``log p_unsafe(r_k) - log p_ref(r_k)`` [K] at each row ``r_k`` of ``reference`` [K, D]: kernel densities
+    of ``unsafe`` [M, D] and of the reference itself, each normalised by its size, ``r_k`` left out of its own,
+
+        p_unsafe(r_k) = (1/M) sum_n k(r_k, y_n),    p_ref(r_k) = (1/(K-1)) sum_{j != k} k(r_k, r_j).
+
+    ``logits`` turns a block's squared distances [B, M + K] to both sets (unsafe columns first; the
+    left-out entry +inf) into ``log k``: a fixed or an adaptive kernel. ``block`` reference rows at a time."""
+    both, m = FlatSet.of(torch.cat([unsafe, reference])), len(unsafe)
+    ratios = []
+    for start in range(0, len(reference), block):
+        rows = reference[start:start + block]
+        sq = squared_distances(rows, both)
+        sq[torch.arange(len(rows)), m + torch.arange(start, start + len(rows))] = math.inf
+        log_k = logits(sq)
+        log_u = torch.logsumexp(log_k[:, :m], 1) - math.log(m)
+        log_r = torch.logsumexp(log_k[:, m:], 1) - math.log(len(reference) - 1)
+        ratios.append(log_u - log_r)
+    return torch.cat(ratios)

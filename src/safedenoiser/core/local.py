@@ -43,7 +43,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from safedenoiser.core.kernels import FlatSet, laid_out, softmax_weights, squared_distances, weighted_mean
+from safedenoiser.core.kernels import (FlatSet, laid_out, leave_one_out_log_ratio, softmax_weights,
+                                      squared_distances, weighted_mean)
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet, reference_samples
 
@@ -130,17 +131,10 @@ class LocalPosterior:
     def reference_ratio(self, reference: Tensor, unsafe: Tensor, block: int = 1024) -> Tensor:
         """``p_unsafe(r) / p_ref(r)`` at each reference sample, both size-normalised adaptive kernel
         densities (each sample left out of the reference density at itself); ``block`` rows at a time."""
-        both = FlatSet.of(torch.cat([unsafe, reference]))
-        m, ratios = len(unsafe), []
-        for start in range(0, len(reference), block):
-            rows = reference[start:start + block]
-            sq = squared_distances(rows, both)
-            sq[torch.arange(len(rows)), m + torch.arange(start, start + len(rows))] = math.inf
-            logits = _adaptive_logits(sq, _neighbour_sq(sq, self.neighbours), self.width)
-            log_u = torch.logsumexp(logits[:, :m], 1) - math.log(m)
-            log_r = torch.logsumexp(logits[:, m:], 1) - math.log(len(reference) - 1)
-            ratios.append((log_u - log_r).exp())
-        return torch.cat(ratios)
+        def logits(sq: Tensor) -> Tensor:
+            return _adaptive_logits(sq, _neighbour_sq(sq, self.neighbours), self.width)
+
+        return leave_one_out_log_ratio(reference, unsafe, logits, block).exp()
 
     def __call__(self, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(beta [B], D_unsafe [B, D], D_safe [B, D])`` for flat estimates ``d`` [B, D]."""
