@@ -19,7 +19,8 @@ import torch
 
 from safedenoiser.toy.metrics import negated_share, noise_floor, sw2_to_mixture
 from safedenoiser.toy.run import run_toy
-from safedenoiser.toy.spec import parse_spec
+from safedenoiser.toy.mixture import GaussianMixture
+from safedenoiser.toy.spec import ToySpec, parse_spec
 
 
 def benchmark_mixtures() -> dict[str, dict]:
@@ -44,6 +45,13 @@ def benchmark_mixtures() -> dict[str, dict]:
             "2-D close (2.5 sd)": close(2), "16-D close (2.5 sd)": close(16)}
 
 
+def parsed_mixture(name: str, n: int) -> tuple[ToySpec, GaussianMixture, float]:
+    """Mixture ``name`` of `benchmark_mixtures` parsed, its exact safe mixture and the SW2 noise floor at ``n``."""
+    spec = parse_spec(benchmark_mixtures()[name])
+    safe = spec.safe_mixture()
+    return spec, safe, noise_floor(safe, n)
+
+
 ROW = "| {} | {} | {} | {:.2%} | {:.2%} | {:.2f} | {:.2f} | {:.1f} |"
 METHODS = [("exact samples", "-"), ("vanilla", "-"), ("exact", "-"), ("kernel", "gate"), ("kernel", "ratio"),
            ("kernel", "ratio, true prior"), ("kernel", "hybrid"), ("kernel", "labelled"), ("kernel", "local")]
@@ -54,9 +62,7 @@ def mixture_rows(pair: tuple[str, str], n: int, seeds: int) -> list[tuple]:
     """Every method's row on one mixture with one sampler (mean and worst over ``seeds``)."""
     torch.set_num_threads(1)
     name, sampler = pair
-    spec = parse_spec(benchmark_mixtures()[name])
-    safe = spec.safe_mixture()
-    floor = noise_floor(safe, n)
+    spec, safe, floor = parsed_mixture(name, n)
     rows = []
     for method, estimator in METHODS:
         if method == "exact samples" and sampler != "dpm++":

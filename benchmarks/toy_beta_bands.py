@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from estimators_toy import benchmark_mixtures
+from estimators_toy import parsed_mixture
 from safedenoiser.core.beta import BetaEstimator
-from safedenoiser.toy.metrics import negated_share, noise_floor, sw2_to_mixture
+from safedenoiser.toy.metrics import negated_share, sw2_to_mixture
 from safedenoiser.toy.run import make_denoiser, run_toy
 from safedenoiser.toy.sampling import sample
-from safedenoiser.toy.spec import ToySpec, parse_spec
+from safedenoiser.toy.spec import ToySpec
 
 HIGH_NOISE = 1.0  # sigma / alpha at and above which a step counts as high noise
 MIXTURES = ("2-D close (2.5 sd)", "16-D close (2.5 sd)")
@@ -54,9 +54,7 @@ def band_rows(pair: tuple[str, str], n: int, seeds: int) -> list[tuple]:
     """One row per ``D_unsafe`` and band on one mixture with one sampler, then the exact method's."""
     torch.set_num_threads(1)
     name, sampler = pair
-    spec = parse_spec(benchmark_mixtures()[name])
-    safe_mixture = spec.safe_mixture()
-    floor = noise_floor(safe_mixture, n)
+    spec, safe_mixture, floor = parsed_mixture(name, n)
     rows = []
 
     def add_row(unsafe: str, band: str, runs: list[Tensor]) -> None:
