@@ -14,6 +14,7 @@ import argparse
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Callable, Iterable
 
 import torch
 
@@ -50,6 +51,15 @@ def parsed_mixture(name: str, n: int) -> tuple[ToySpec, GaussianMixture, float]:
     spec = parse_spec(benchmark_mixtures()[name])
     safe = spec.safe_mixture()
     return spec, safe, noise_floor(safe, n)
+
+
+def rows_per_pair(rows: Callable[[tuple[str, str], int, int], list[tuple]], names: Iterable[str], n: int, seeds: int,
+                  jobs: int) -> list[tuple]:
+    """``rows((name, sampler), n, seeds)`` for each mixture named with each sampler, in ``jobs`` processes
+    (each sets one thread: timings stay comparable)."""
+    pairs = [(name, sampler) for name in names for sampler in ("dpm++", "ancestral")]
+    with ProcessPoolExecutor(jobs) as pool:
+        return [row for pair_rows in pool.map(rows, pairs, [n] * len(pairs), [seeds] * len(pairs)) for row in pair_rows]
 
 
 ROW = "| {} | {} | {} | {:.2%} | {:.2%} | {:.2f} | {:.2f} | {:.1f} |"
@@ -95,14 +105,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/results/estimators_toy.md"))
     parser.add_argument("--jobs", type=int, default=1, help="processes, one (mixture, sampler) pair each")
     args = parser.parse_args()
-    pairs = [(name, sampler) for name in benchmark_mixtures() for sampler in ("dpm++", "ancestral")]
-    with ProcessPoolExecutor(args.jobs) as pool:  # one thread per process: timings stay comparable
-        rows = [row for rows in pool.map(mixture_rows, pairs, [args.n] * len(pairs), [args.seeds] * len(pairs))
-                for row in rows]
+    rows = rows_per_pair(mixture_rows, benchmark_mixtures(), args.n, args.seeds, args.jobs)
     lines = ["# Beta estimators on Gaussian mixtures", "",
              f"`python benchmarks/estimators_toy.py --n {args.n} --seeds {args.seeds}`: mean and worst over seeds "
              "of the negated share and of SW2 / noise floor (SW2 to exact safe samples, averaged over 8 exact "
-             "sets; the floor is the mean SW2 between two independent exact sample sets of the same size). Targets: exact <= 1% and <= 1.5x; kernel <= 3% "
+             "sets; the floor is the mean SW2 between two independent exact sample sets of the same size). "
+             "Targets: exact <= 1% and <= 1.5x; kernel <= 3% "
              "and <= 2.5x. `exact samples` are drawn from the safe mixture itself (no sampler): how much the "
              "statistic varies between seeds. `kernel/ratio, true prior`: the ratio estimator given the "
              "mixture's true b (0.4) instead of its estimate from the sets, which no user has: it shows how much "

@@ -15,14 +15,13 @@ Prints and writes docs/results/toy_beta_bands.md.
 from __future__ import annotations
 
 import argparse
-from concurrent.futures import ProcessPoolExecutor
 from itertools import product
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from estimators_toy import parsed_mixture
+from estimators_toy import parsed_mixture, rows_per_pair
 from safedenoiser.core.beta import BetaEstimator
 from safedenoiser.toy.metrics import negated_share, sw2_to_mixture
 from safedenoiser.toy.run import make_denoiser, run_toy
@@ -86,10 +85,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="processes, one (mixture, sampler) pair each")
     parser.add_argument("--out", type=Path, default=Path("docs/results/toy_beta_bands.md"))
     args = parser.parse_args()
-    pairs = [(name, sampler) for name in MIXTURES for sampler in ("dpm++", "ancestral")]
-    with ProcessPoolExecutor(args.jobs) as pool:
-        rows = [row for rows in pool.map(band_rows, pairs, [args.n] * len(pairs), [args.seeds] * len(pairs))
-                for row in rows]
+    rows = rows_per_pair(band_rows, MIXTURES, args.n, args.seeds, args.jobs)
     lines = ["# What costs the kernel method its SW2 on the close mixtures: beta, by noise band, or D_unsafe", "",
              f"`python benchmarks/toy_beta_bands.py --n {args.n} --seeds {args.seeds}`: the toy's default kernel "
              "method (`beta=\"labelled\"`, 256 negation samples, 1,000 reference samples) on the close mixtures "
