@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.toy.metrics import negated_share, noise_floor, sliced_wasserstein, sw2_to_mixture
 from safedenoiser.toy.run import make_denoiser, run_toy
 from safedenoiser.toy.sampling import sample
-from safedenoiser.toy.spec import parse_spec
+from safedenoiser.toy.spec import load_spec, parse_spec
 
 # Test mixtures (the estimator benchmark uses others): 40% of the mass on the negated component.
 SPEC_2D = {"dim": 2, "weights": [0.3, 0.4, 0.3], "means": [[-4, 0], [0, 3], [4, 0]],
@@ -87,6 +88,16 @@ def test_bad_specs_name_the_field(field, value, message):
 
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "safedenoiser.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_the_readme_example_spec_reads_every_covariance_form():
+    spec = load_spec(Path(__file__).parents[1] / "examples" / "toy_2d.json")
+    covs = spec.mixture.covs
+    torch.testing.assert_close(covs[0], torch.eye(2, dtype=torch.float64))  # a number: isotropic
+    torch.testing.assert_close(covs[1], torch.diag(torch.tensor([0.5, 1.5], dtype=torch.float64)))  # a list
+    torch.testing.assert_close(covs[2], torch.tensor([[1.0, 0.4], [0.4, 0.6]], dtype=torch.float64))  # a matrix
+    assert spec.negate == [1] and spec.negation_samples == 256
+    assert spec.negation_set().shape == (256, 2)
 
 
 def test_toy_command_writes_samples_metrics_and_plot(tmp_path):
