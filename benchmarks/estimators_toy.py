@@ -56,7 +56,7 @@ def parsed_mixture(name: str, n: int) -> tuple[ToySpec, GaussianMixture, float]:
 def rows_per_pair(rows: Callable[[tuple[str, str], int, int], list[tuple]], names: Iterable[str], n: int, seeds: int,
                   jobs: int) -> list[tuple]:
     """``rows((name, sampler), n, seeds)`` for each mixture named with each sampler, in ``jobs`` processes
-    (each sets one thread: timings stay comparable)."""
+    (``rows`` sets one thread in each, so timings stay comparable)."""
     pairs = [(name, sampler) for name in names for sampler in ("dpm++", "ancestral")]
     with ProcessPoolExecutor(jobs) as pool:
         return [row for pair_rows in pool.map(rows, pairs, [n] * len(pairs), [seeds] * len(pairs)) for row in pair_rows]
