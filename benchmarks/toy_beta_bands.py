@@ -25,7 +25,7 @@ from estimators_toy import parsed_mixture, rows_per_pair
 from safedenoiser.core.beta import BetaEstimator
 from safedenoiser.toy.metrics import negated_share, sw2_to_mixture
 from safedenoiser.toy.run import make_denoiser, run_toy
-from safedenoiser.toy.sampling import sample
+from safedenoiser.toy.sampling import sample_from_seed
 from safedenoiser.toy.spec import ToySpec
 
 HIGH_NOISE = 1.0  # sigma / alpha at and above which a step counts as high noise
@@ -69,9 +69,7 @@ def band_rows(pair: tuple[str, str], n: int, seeds: int) -> list[tuple]:
             safe.beta = BandedBeta(spec, safe.beta, high, low)
             if unsafe == "exact":
                 safe.negation = spec.mixture.subset(spec.negate)
-            gen = torch.Generator().manual_seed(seed)  # run_toy's noise for the same seed
-            x = torch.randn(n, spec.mixture.dim, dtype=torch.float64, generator=gen)
-            runs.append(sample(sampler, denoiser, x, generator=gen))
+            runs.append(sample_from_seed(sampler, denoiser, n, spec.mixture.dim, seed))  # run_toy's noise
         add_row(unsafe, band, runs)
     add_row("exact", "everywhere (the exact method)",
             [run_toy(spec, "exact", n, seed, sampler=sampler).samples for seed in range(seeds)])

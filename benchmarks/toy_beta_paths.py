@@ -27,7 +27,7 @@ from estimators_toy import benchmark_mixtures
 from safedenoiser.core.beta import label_reference
 from safedenoiser.negation import NegationSet
 from safedenoiser.toy.run import LABEL_LEVEL, denoised_features, make_denoiser
-from safedenoiser.toy.sampling import sample
+from safedenoiser.toy.sampling import sample_from_seed
 from safedenoiser.toy.spec import parse_spec
 
 BANDS = (("sigma/alpha >= 1", 1.0, float("inf")), ("0.1 <= sigma/alpha < 1", 0.1, 1.0), ("sigma/alpha < 0.1", 0.0, 0.1))
@@ -44,8 +44,7 @@ def vanilla_states(spec, n: int, seed: int) -> tuple[list[tuple[Tensor, Tensor, 
         states.append((x_t, alpha, sigma, d))
         return d
 
-    gen = torch.Generator().manual_seed(seed)
-    samples = sample("dpm++", record, torch.randn(n, spec.mixture.dim, dtype=torch.float64, generator=gen))
+    samples = sample_from_seed("dpm++", record, n, spec.mixture.dim, seed)
     return states, spec.mixture.responsibilities(samples).argmax(1)
 
 

@@ -13,7 +13,7 @@ from safedenoiser.core.beta import ExactBeta, KernelRatioBeta, LabelledReference
 from safedenoiser.core.safe_denoiser import SafeDenoiser
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet
-from safedenoiser.toy.sampling import sample
+from safedenoiser.toy.sampling import sample_from_seed
 from safedenoiser.toy.spec import ToySpec
 
 Method = Literal["vanilla", "exact", "kernel"]
@@ -71,9 +71,7 @@ def make_denoiser(spec: ToySpec, method: Method, *, estimator: str = DEFAULT_EST
     negation = NegationSet.from_latents(spec.negation_set())
     reference = None
     if estimator in ("local", "labelled", "ratio", "hybrid"):
-        gen = torch.Generator().manual_seed(seed + 7919)
-        x = torch.randn(REFERENCE_SAMPLES, mixture.dim, dtype=torch.float64, generator=gen)
-        reference = sample(sampler, mixture.denoise, x, steps, generator=gen)
+        reference = sample_from_seed(sampler, mixture.denoise, REFERENCE_SAMPLES, mixture.dim, seed + 7919, steps)
     if prior is not None:
         if estimator != "ratio":
             raise SafeDenoiserError(f"prior= sets the ratio estimator's b; the {estimator!r} estimator has none")
@@ -90,11 +88,9 @@ def run_toy(spec: ToySpec, method: Method, n: int, seed: int, *, estimator: str 
     """Sample ``n`` points with ``method`` and one of `SAMPLERS` (its default number of steps)."""
     denoiser, safe = make_denoiser(spec, method, estimator=estimator, sampler=sampler, steps=steps, seed=seed,
                                    max_weight=max_weight, prior=prior)
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, spec.mixture.dim, dtype=torch.float64, generator=gen)
     path: list[Tensor] = []
-    samples = sample(sampler, denoiser, x, steps, generator=gen,
-                     callback=lambda i, x_t, x0: path.append(x_t[:keep_trajectories].clone()))
+    samples = sample_from_seed(sampler, denoiser, n, spec.mixture.dim, seed, steps,
+                               callback=lambda i, x_t, x0: path.append(x_t[:keep_trajectories].clone()))
     path.append(samples[:keep_trajectories].clone())
     trace = safe.trace if safe is not None else []
     beta_mean = torch.tensor([r.beta_mean for r in trace] or [0.0] * (len(path) - 1))

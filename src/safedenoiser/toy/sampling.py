@@ -93,3 +93,12 @@ def sample(name: str, denoiser: Denoiser, x: Tensor, steps: int | None = None, *
     if fn is dpmpp_2m_sample:
         return fn(denoiser, x, alphas, sigmas, callback=callback)
     return fn(denoiser, x, alphas, sigmas, generator=generator, callback=callback)
+
+
+def sample_from_seed(name: str, denoiser: Denoiser, n: int, dim: int, seed: int, steps: int | None = None, *,
+                     callback: Callback | None = None) -> Tensor:
+    """`sample` from ``n`` standard-normal points [n, dim] (float64) drawn from a generator seeded ``seed``,
+    which then drives the sampler's own noise: the same seed gives the same run."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, dtype=torch.float64, generator=gen)
+    return sample(name, denoiser, x, steps, generator=gen, callback=callback)
