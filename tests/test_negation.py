@@ -89,14 +89,14 @@ def test_bandwidth_is_calibrated_from_the_set():
     assert 5 < wide.bandwidth / narrow.bandwidth < 20
 
 
-
 def test_the_bandwidth_maximises_the_leave_one_out_likelihood_on_its_grid():
-    from safedenoiser.core.bandwidth import loo_log_likelihood
+    from safedenoiser.core.bandwidth import distances_to_others, loo_log_likelihood
 
     y = torch.randn(300, 3, generator=torch.Generator().manual_seed(3)).double()
     h = NegationSet.from_latents(y).bandwidth
     step = 10 ** (2.5 / 23)  # the ratio between neighbouring grid points
-    scores = loo_log_likelihood(y, torch.tensor([h / step, h, h * step], dtype=torch.float64)).mean(1)
+    distances = distances_to_others(y, "the bandwidth", "bandwidth=")
+    scores = loo_log_likelihood(distances, 3, torch.tensor([h / step, h, h * step], dtype=torch.float64)).mean(1)
     assert scores[1] >= scores[0] and scores[1] >= scores[2]
 
 

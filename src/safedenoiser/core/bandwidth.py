@@ -32,10 +32,10 @@ def distances_to_others(y: Tensor, what: str, instead: str) -> Tensor:
     return torch.cdist(y, y).fill_diagonal_(math.inf)
 
 
-def loo_log_likelihood(y: Tensor, bandwidths: Tensor) -> Tensor:
-    """Leave-one-out log-likelihood per point of a Gaussian KDE of ``y`` [M, D], per bandwidth."""
-    sq = distances_to_others(y, "the bandwidth", "bandwidth=").square()
-    m, d = y.shape
+def loo_log_likelihood(distances: Tensor, dim: int, bandwidths: Tensor) -> Tensor:
+    """Leave-one-out log-likelihood per point of a Gaussian KDE of M points in ``dim`` dimensions, per
+    bandwidth, from their `distances_to_others` [M, M]."""
+    sq, m, d = distances.square(), distances.shape[0], dim
     out = []
     for h in bandwidths:
         log_k = torch.logsumexp(-sq / (2 * h * h), dim=1) - math.log(m - 1)
@@ -52,9 +52,9 @@ def calibrate_bandwidth(y: Tensor, *, seed: int = 0, grid: int = 24) -> float:
     y = calibration_points(y, MAX_CALIBRATION_POINTS, seed=seed)
     if y.shape[0] < 2:
         return float(y.std()) if y.numel() > 1 else 1.0
-    nn = distances_to_others(y, "the bandwidth", "bandwidth=").min(1).values
-    scale = float(nn.median()) / math.sqrt(y.shape[1])
+    distances = distances_to_others(y, "the bandwidth", "bandwidth=")
+    scale = float(distances.min(1).values.median()) / math.sqrt(y.shape[1])
     scale = scale if scale > 0 else 1e-3
     bandwidths = scale * torch.logspace(-1.5, 1.0, grid, dtype=torch.float64)
-    scores = loo_log_likelihood(y, bandwidths).mean(1)
+    scores = loo_log_likelihood(distances, y.shape[1], bandwidths).mean(1)
     return float(bandwidths[int(scores.argmax())])
