@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from estimators_toy import benchmark_mixtures
-from safedenoiser.core.beta import label_reference
+from safedenoiser.core.beta import label_reference, label_space
 from safedenoiser.negation import NegationSet
 from safedenoiser.toy.run import LABEL_LEVEL, denoised_features, make_denoiser
 from safedenoiser.toy.sampling import sample_from_seed
@@ -63,8 +63,8 @@ def label_rows(name: str, spec, negation: NegationSet, reference: Tensor) -> lis
     and how many kept samples are labelled negated and negated ones kept."""
     truth = torch.isin(spec.mixture.responsibilities(reference).argmax(1), torch.tensor(spec.negate))
     features = denoised_features(spec.mixture.denoise)
-    spaces = {"samples": (negation, reference),
-              f"D at sigma/alpha = {LABEL_LEVEL:g}": (NegationSet(features(negation.latents).float()), features(reference))}
+    spaces = {"samples": label_space(negation, reference, None),
+              f"D at sigma/alpha = {LABEL_LEVEL:g}": label_space(negation, reference, features)}
     rows = []
     for space, (keys, points) in spaces.items():
         for width in LABEL_WIDTHS:

@@ -104,6 +104,16 @@ def label_reference(negation: NegationSet, reference: Tensor, width: float, bloc
     return leave_one_out_log_ratio(reference.double(), y, lambda sq: -sq / (2 * h * h), block) >= 0
 
 
+def label_space(negation: NegationSet, reference: Tensor,
+                features: Callable[[Tensor], Tensor] | None) -> tuple[NegationSet, Tensor]:
+    """The negation set and the flattened reference samples where `label_reference` compares them: as they
+    are, or mapped by ``features`` (the set then with a bandwidth calibrated in the features)."""
+    if features is None:
+        return negation, reference.reshape(len(reference), -1)
+    return (NegationSet(features(negation.latents).reshape(len(negation), -1).float()),
+            features(reference).reshape(len(reference), -1))
+
+
 class LabelledReferenceBeta:
     """The reference set's own posterior share of unsafe samples at ``x_t``.
 
@@ -133,11 +143,7 @@ class LabelledReferenceBeta:
     def __init__(self, negation: NegationSet, reference: Tensor, *, smoothing: float | None = None,
                  label_width: float = 2.0, features: Callable[[Tensor], Tensor] | None = None):
         reference = reference_samples(negation, reference, "labelled")
-        if features is None:
-            unsafe = label_reference(negation, reference.reshape(len(reference), -1), label_width)
-        else:
-            keys = NegationSet(features(negation.latents).reshape(len(negation), -1).float())
-            unsafe = label_reference(keys, features(reference).reshape(len(reference), -1), label_width)
+        unsafe = label_reference(*label_space(negation, reference, features), label_width)
         if not unsafe.any() or unsafe.all():
             raise SafeDenoiserError(
                 f"{int(unsafe.sum())} of {len(reference)} reference samples lie in the negation set's region; the "
