@@ -35,11 +35,11 @@ def distances_to_others(y: Tensor, what: str, instead: str) -> Tensor:
 def loo_log_likelihood(distances: Tensor, dim: int, bandwidths: Tensor) -> Tensor:
     """Leave-one-out log-likelihood per point of a Gaussian KDE of M points in ``dim`` dimensions, per
     bandwidth, from their `distances_to_others` [M, M]."""
-    sq, m, d = distances.square(), distances.shape[0], dim
+    sq, m = distances.square(), distances.shape[0]
     out = []
     for h in bandwidths:
         log_k = torch.logsumexp(-sq / (2 * h * h), dim=1) - math.log(m - 1)
-        out.append(log_k - 0.5 * d * math.log(2 * math.pi * float(h) ** 2))
+        out.append(log_k - 0.5 * dim * math.log(2 * math.pi * float(h) ** 2))
     return torch.stack(out)  # [H, M]
 
 
