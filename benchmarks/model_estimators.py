@@ -8,14 +8,16 @@ classes. The local estimator's rows measure closeness in the latents (``latent``
 features (``unet``). Prints and writes docs/results/model_estimators.md.
 
     python benchmarks/model_estimators.py [--text-n 120] [--unconditional-n 300] [--classes 0 1 ...]
-        [--estimators "local, unet" ...] [--label-ratios 2 3 ...] [--mean-widths 0.3 ...]
-        [--reference-sizes 2000 ...] [--out FILE]
+        [--estimators "local, unet" ...] [--label-ratios 2 3 ...] [--label-neighbours 3 ...]
+        [--mean-widths 0.3 ...] [--reference-sizes 2000 ...] [--out FILE]
 
 ``--estimators`` defaults to every one but ``labelled`` (the toys' default), which runs on its own:
 ``--estimators labelled --out docs/results/model_estimators_labelled.md``. The other rows take the
 default ``features="auto"``. ``--label-ratios`` adds rows of the local
 estimator with other thresholds for labelling reference samples as negated (`LocalPosterior`'s
-``label_ratio``; 1 by default). ``--mean-widths`` adds rows of the local estimator, with and without
+``label_ratio``; 1 by default). ``--label-neighbours`` adds rows of the local estimator, with and without
+the latch, whose labelling kernel adapts to another nearest neighbour (``label_neighbours``; by default the
+``neighbours`` of beta's kernel, 10). ``--mean-widths`` adds rows of the local estimator, with and without
 the latch, whose posterior means use another kernel width (``mean_width``;
 `local.DEFAULT_MEAN_WIDTH` by default). ``--reference-sizes`` adds rows of the local estimator, with
 and without the latch, whose reference is that many training images (the first of the same random
@@ -62,8 +64,8 @@ def larger_reference(scenario: Scenario, size: int) -> torch.Tensor:
     return _REFERENCES[key]
 
 
-def run(scenario: Scenario, estimators: list[str], label_ratios: list[float], mean_widths: list[float],
-        reference_sizes: list[int]) -> list[dict]:
+def run(scenario: Scenario, estimators: list[str], label_ratios: list[float], label_neighbours: list[int],
+        mean_widths: list[float], reference_sizes: list[int]) -> list[dict]:
     """Vanilla, then each estimator, on the same requests and seeds; `eval.methods.measure` rows."""
     idx = list(range(len(scenario)))
 
@@ -78,6 +80,9 @@ def run(scenario: Scenario, estimators: list[str], label_ratios: list[float], me
     rows += [measured(f"local, label ratio {ratio:g}",
                       SafeDenoiser(neg, beta=LocalPosterior(neg, reference, label_ratio=ratio), latch=False), hist)
              for ratio in label_ratios]
+    rows += [measured(f"local{', latch' if latch else ''}, label neighbours {k}",
+                      SafeDenoiser(neg, beta=LocalPosterior(neg, reference, label_neighbours=k), latch=latch), hist)
+             for k in label_neighbours for latch in (False, True)]
     rows += [measured(f"local{', latch' if latch else ''}, mean width {width:g}",
                       SafeDenoiser(neg, beta=LocalPosterior(neg, reference, mean_width=width), latch=latch), hist)
              for width in mean_widths for latch in (False, True)]
@@ -122,6 +127,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--estimators", nargs="*", choices=list(ESTIMATORS), default=DEFAULT_ESTIMATORS)
     parser.add_argument("--label-ratios", type=float, nargs="*", default=[])
+    parser.add_argument("--label-neighbours", type=int, nargs="*", default=[])
     parser.add_argument("--mean-widths", type=float, nargs="*", default=[])
     parser.add_argument("--reference-sizes", type=int, nargs="*", default=[])
     parser.add_argument("--out", type=Path, default=Path("docs/results/model_estimators.md"))
@@ -129,7 +135,7 @@ def main() -> None:
     start = time.perf_counter()
     text, unconditional = {}, {}
     for cls in args.classes:
-        variants = (args.estimators, args.label_ratios, args.mean_widths, args.reference_sizes)
+        variants = (args.estimators, args.label_ratios, args.label_neighbours, args.mean_widths, args.reference_sizes)
         text[cls] = run(text_scenario(args.text_n, cls), *variants)
         unconditional[cls] = run(unconditional_scenario(args.unconditional_n, cls), *variants)
         print(f"class {cls} done ({time.perf_counter() - start:.0f} s)", flush=True)
@@ -149,8 +155,8 @@ def main() -> None:
              "VAE latents (`features=\"latent\"`); `unet`: in the UNet's features (`features=\"unet\"`, "
              "`UNetFeatures`; a reference image counts as negated where the features or the latents say so). "
              "The default `features=\"auto\"` is `unet` without guidance (the unconditional rows) "
-             "and `latent` under guidance (the text rows); so are the `label ratio`, `mean width` and `reference` "
-             "rows. The posterior means of `local` use "
+             "and `latent` under guidance (the text rows); so are the `label ratio`, `label neighbours`, `mean width` "
+             "and `reference` rows. The posterior means of `local` use "
              f"the narrow kernel width `mean_width = {DEFAULT_MEAN_WIDTH}` (core/local.py); the `mean width` rows use "
              "another. FD: Fréchet distance of the classifier's features, benign samples against real images of "
              "their classes (text), samples against real images of the other classes (unconditional).", ""]

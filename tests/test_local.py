@@ -43,6 +43,28 @@ def test_a_larger_label_ratio_counts_fewer_reference_samples_as_negated(sets):
     assert priors[0] > priors[1] > priors[2] > 0.15
 
 
+def test_labels_adapt_their_kernel_to_the_label_neighbours_th_nearest_point(sets):
+    """The labels' kernel width is ``width`` x the distance to the ``label_neighbours``-th nearest point of
+    both sets (the sample itself left out), whatever beta's ``neighbours``; by default the same count."""
+    negation, reference = sets
+    t = torch.linspace(0, 1, 60, dtype=torch.float64)[:, None]
+    reference = torch.cat([reference, t * reference[:60] + (1 - t) * reference[-60:]])  # some near the border
+    y = negation.latents.reshape(len(negation), -1).double()
+    sq = torch.cdist(reference, torch.cat([y, reference])).square()
+    sq[torch.arange(len(reference)), len(y) + torch.arange(len(reference))] = math.inf
+
+    def labels(k: int) -> torch.Tensor:
+        log_k = -sq / (2 * DEFAULT_WIDTH ** 2 * sq.sort(1).values[:, k - 1:k])
+        log_u = torch.logsumexp(log_k[:, :len(y)], 1) - math.log(len(y))
+        log_r = torch.logsumexp(log_k[:, len(y):], 1) - math.log(len(reference) - 1)
+        return log_u >= log_r
+
+    assert not torch.equal(labels(2), labels(20))  # the count matters on these sets
+    for k in (2, 20):
+        assert torch.equal(LocalPosterior(negation, reference, label_neighbours=k).negated_reference, labels(k))
+    assert torch.equal(LocalPosterior(negation, reference, neighbours=20).negated_reference, labels(20))
+
+
 def test_beta_and_local_means_pick_the_right_side(sets):
     negation, reference = sets
     local = LocalPosterior(negation, reference)

@@ -74,7 +74,11 @@ class LocalPosterior:
     own (leave-one-out); the rest are the safe samples, and the negated share is the prior ``b``
     (benchmarks/local_confusion.py: which images of each class this labels and judges negated).
     The default 1 also counts the negated concept's periphery, which guided sampling needs; a larger
-    one lets more of the concept through (benchmarks/model_estimators.py ``--label-ratios``).
+    one lets more of the concept through (benchmarks/model_estimators.py ``--label-ratios``). The labels'
+    kernel adapts like beta's, to the ``label_neighbours``-th nearest point (default: ``neighbours``). Fewer
+    label fewer images of classes next to the concept negated: for Sneaker that lowers the benign FD of
+    guided sampling, but for other concepts (T-shirt, Ankle boot) it leaves their images on the safe side
+    (benchmarks/model_estimators.py ``--label-neighbours``).
 
     ``features``: ``None`` (default) measures distances in the latents, a function ``phi`` (latents
     [N, *sample_shape] -> [N, F]) in its features; `with_features` gives the same estimator in others.
@@ -87,13 +91,15 @@ class LocalPosterior:
 
     def __init__(self, negation: NegationSet, reference: Tensor, *, neighbours: int = DEFAULT_NEIGHBOURS,
                  width: float = DEFAULT_WIDTH, mean_width: float = DEFAULT_MEAN_WIDTH,
-                 label_ratio: float = DEFAULT_LABEL_RATIO, features: Features | None = None):
+                 label_ratio: float = DEFAULT_LABEL_RATIO, label_neighbours: int | None = None,
+                 features: Features | None = None):
         reference = reference_samples(negation, reference, "local")
         if min(width, mean_width) <= 0:
             raise SafeDenoiserError(f"kernel widths must be positive, got width={width}, mean_width={mean_width}")
         if features is not None and not callable(features):
             raise SafeDenoiserError(f"features must be a function of the latents or None, got {features!r}")
         self.neighbours, self.width, self.mean_width, self.label_ratio = neighbours, width, mean_width, label_ratio
+        self.label_neighbours = neighbours if label_neighbours is None else label_neighbours
         self.sample_shape, self.features = negation.sample_shape, features
         self._sets = negation, reference  # for `with_features`
         y = negation.latents.reshape(len(negation), -1).double()
@@ -115,7 +121,7 @@ class LocalPosterior:
     def with_features(self, features: Features | None) -> LocalPosterior:
         """The same estimator (sets and settings) measuring closeness in ``features``."""
         return LocalPosterior(*self._sets, neighbours=self.neighbours, width=self.width, mean_width=self.mean_width,
-                              label_ratio=self.label_ratio, features=features)
+                              label_ratio=self.label_ratio, label_neighbours=self.label_neighbours, features=features)
 
     def _phi(self, flat: Tensor) -> Tensor:
         return self.features(flat.reshape(len(flat), *self.sample_shape)).reshape(len(flat), -1)
@@ -132,7 +138,7 @@ class LocalPosterior:
         """``p_unsafe(r) / p_ref(r)`` at each reference sample, both size-normalised adaptive kernel
         densities (each sample left out of the reference density at itself); ``block`` rows at a time."""
         def logits(sq: Tensor) -> Tensor:
-            return _adaptive_logits(sq, _neighbour_sq(sq, self.neighbours), self.width)
+            return _adaptive_logits(sq, _neighbour_sq(sq, self.label_neighbours), self.width)
 
         return leave_one_out_log_ratio(reference, unsafe, logits, block).exp()
 
