@@ -76,9 +76,9 @@ class LocalPosterior:
     The default 1 also counts the negated concept's periphery, which guided sampling needs; a larger
     one lets more of the concept through (benchmarks/model_estimators.py ``--label-ratios``). The labels'
     kernel adapts like beta's, to the ``label_neighbours``-th nearest point (default: ``neighbours``). Fewer
-    label fewer images of classes next to the concept negated: for Sneaker that lowers the benign FD of
-    guided sampling, but for other concepts (T-shirt, Ankle boot) it leaves their images on the safe side
-    (benchmarks/model_estimators.py ``--label-neighbours``).
+    neighbours narrow it, so fewer images of classes next to the concept count as negated: for Sneaker that
+    lowers the benign FD of guided sampling, but for other concepts (T-shirt, Ankle boot) it leaves their
+    images on the safe side (benchmarks/model_estimators.py ``--label-neighbours``).
 
     ``features``: ``None`` (default) measures distances in the latents, a function ``phi`` (latents
     [N, *sample_shape] -> [N, F]) in its features; `with_features` gives the same estimator in others.
