@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 
@@ -15,7 +16,7 @@ from conftest import MAX_TOKENS, SD_SCHEDULER, TEXT_DIM, tiny_unet_pixels, tiny_
 from PIL import Image
 
 from safedenoiser import NegationSet, SafeDenoiser, SafeDenoiserError
-from safedenoiser.integrations.encode import encode_images, vae_fingerprint
+from safedenoiser.integrations.encode import encode_images, readable_images, vae_fingerprint
 
 
 def far(shape) -> NegationSet:
@@ -190,6 +191,19 @@ def test_encode_images_from_a_folder_skips_unreadable_files(sd_pipe, tmp_path, c
     assert meta["encoder"] == vae_fingerprint(sd_pipe) and meta["image_size"] == "16"
     assert len(json.loads(meta["sources_sha256"])) == 3
     assert float(meta["scaling_factor"]) == sd_pipe.vae.config.scaling_factor
+
+
+def test_readable_images_decodes_the_pixels_so_a_truncated_jpeg_is_listed(tmp_path):
+    """A JPEG cut short keeps a valid header (PIL's verify passes it); only decoding finds the damage."""
+    buffer = io.BytesIO()
+    Image.fromarray((torch.rand(64, 64, 3) * 255).byte().numpy()).save(buffer, "JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) * 4 // 5])
+    (tmp_path / "whole.jpg").write_bytes(buffer.getvalue())
+    (tmp_path / "notes.txt").write_text("not an image")
+    good, bad = readable_images(sorted(tmp_path.iterdir()))
+    assert good == [tmp_path / "whole.jpg"]
+    assert [(path.name, reason.split(" (")[0]) for path, reason in bad] == [("cut.jpg", "unreadable"),
+                                                                           ("notes.txt", "not an image")]
 
 
 def test_encode_images_with_nothing_readable_is_an_error(sd_pipe, tmp_path):

@@ -14,17 +14,11 @@ from safedenoiser.errors import SafeDenoiserError
 
 def _judge_folder(folder: Path, judge_name: str) -> None:
     from safedenoiser.eval.judges import make_judge
+    from safedenoiser.integrations.encode import readable_images
 
-    from PIL import Image
-
-    files, unreadable = [], []
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")):
-        try:
-            with Image.open(path) as image:
-                image.load()
-            files.append(path)
-        except (OSError, ValueError):
-            unreadable.append(path.name)
+    files, bad = readable_images(sorted(p for p in folder.rglob("*")
+                                        if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")))
+    unreadable = [path.name for path, _ in bad]
     if unreadable:
         typer.echo(f"skipped {len(unreadable)} unreadable image file(s): {', '.join(unreadable[:5])}"
                    f"{' ...' if len(unreadable) > 5 else ''}", err=True)

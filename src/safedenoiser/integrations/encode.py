@@ -80,6 +80,22 @@ def _files(source: str | Path) -> list[Path]:
     return [path]
 
 
+def readable_images(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The ``paths`` that PIL can decode as images, and the others with the reason (``not an image`` or
+    ``unreadable (...)``: a truncated JPEG has a valid header, so the pixels are decoded too)."""
+    from PIL import Image, UnidentifiedImageError
+
+    good, bad = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.load()
+            good.append(path)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            bad.append((path, "not an image" if isinstance(err, UnidentifiedImageError) else f"unreadable ({err})"))
+    return good, bad
+
+
 def _pil_to_tensor(image, size: int, channels: int) -> Tensor:
     """Resize the shorter side to ``size``, centre-crop, to ``[C, size, size]`` in [-1, 1]."""
     from PIL import Image
