@@ -14,8 +14,8 @@ features (``unet``). Prints and writes docs/results/model_estimators.md.
 ``--estimators`` defaults to every one but ``labelled`` (the toys' default), which runs on its own:
 ``--estimators labelled --out docs/results/model_estimators_labelled.md``. The other rows take the
 default ``features="auto"``. ``--label-ratios`` adds rows of the local
-estimator with other thresholds for labelling reference samples as negated (`LocalPosterior`'s
-``label_ratio``; 1 by default). ``--label-neighbours`` adds rows of the local estimator, with and without
+estimator, with and without the latch, with other thresholds for labelling reference samples as negated
+(`LocalPosterior`'s ``label_ratio``; 1 by default). ``--label-neighbours`` adds rows of the local estimator, with and without
 the latch, whose labelling kernel adapts to another nearest neighbour (``label_neighbours``; by default the
 ``neighbours`` of beta's kernel, 10). ``--mean-widths`` adds rows of the local estimator, with and without
 the latch, whose posterior means use another kernel width (``mean_width``;
@@ -77,9 +77,9 @@ def run(scenario: Scenario, estimators: list[str], label_ratios: list[float], la
     hist = torch.tensor(vanilla["histogram"], dtype=torch.float64)
     neg, reference = scenario.negation, scenario.reference
     rows = [measured(name, SafeDenoiser(neg, reference=reference, **ESTIMATORS[name]), hist) for name in estimators]
-    rows += [measured(f"local, label ratio {ratio:g}",
-                      SafeDenoiser(neg, beta=LocalPosterior(neg, reference, label_ratio=ratio), latch=False), hist)
-             for ratio in label_ratios]
+    rows += [measured(f"local{', latch' if latch else ''}, label ratio {ratio:g}",
+                      SafeDenoiser(neg, beta=LocalPosterior(neg, reference, label_ratio=ratio), latch=latch), hist)
+             for ratio in label_ratios for latch in (False, True)]
     rows += [measured(f"local{', latch' if latch else ''}, label neighbours {k}",
                       SafeDenoiser(neg, beta=LocalPosterior(neg, reference, label_neighbours=k), latch=latch), hist)
              for k in label_neighbours for latch in (False, True)]
