@@ -13,15 +13,13 @@ features (``unet``). Prints and writes docs/results/model_estimators.md.
 
 ``--estimators`` defaults to every one but ``labelled`` (the toys' default), which runs on its own:
 ``--estimators labelled --out docs/results/model_estimators_labelled.md``. The other rows take the
-default ``features="auto"``. ``--label-ratios`` adds rows of the local
-estimator, with and without the latch, with other thresholds for labelling reference samples as negated
-(`LocalPosterior`'s ``label_ratio``; 1 by default). ``--label-neighbours`` adds rows of the local estimator, with and without
-the latch, whose labelling kernel adapts to another nearest neighbour (``label_neighbours``; by default the
-``neighbours`` of beta's kernel, 10). ``--mean-widths`` adds rows of the local estimator, with and without
-the latch, whose posterior means use another kernel width (``mean_width``;
-`local.DEFAULT_MEAN_WIDTH` by default). ``--reference-sizes`` adds rows of the local estimator, with
-and without the latch, whose reference is that many training images (the first of the same random
-draw, so they include the default 500).
+default ``features="auto"``. Each of the following adds rows of the local estimator, with and without
+the latch: ``--label-ratios``, with other thresholds for labelling reference samples as negated
+(`LocalPosterior`'s ``label_ratio``; 1 by default); ``--label-neighbours``, whose labelling kernel adapts
+to another nearest neighbour (``label_neighbours``; by default the ``neighbours`` of beta's kernel, 10);
+``--mean-widths``, whose posterior means use another kernel width (``mean_width``;
+`local.DEFAULT_MEAN_WIDTH` by default); ``--reference-sizes``, whose reference is that many training
+images (the first of the same random draw, so they include the default 500).
 """
 
 from __future__ import annotations

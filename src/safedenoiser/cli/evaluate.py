@@ -14,10 +14,10 @@ from safedenoiser.errors import SafeDenoiserError
 
 def _judge_folder(folder: Path, judge_name: str) -> None:
     from safedenoiser.eval.judges import make_judge
-    from safedenoiser.integrations.encode import readable_images
+    from safedenoiser.integrations.encode import files_under, readable_images
 
-    files, bad = readable_images(sorted(p for p in folder.rglob("*")
-                                        if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")))
+    files, bad = readable_images([path for path in files_under(folder)
+                                  if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")])
     unreadable = [path.name for path, _ in bad]
     if unreadable:
         typer.echo(f"skipped {len(unreadable)} unreadable image file(s): {', '.join(unreadable[:5])}"

@@ -24,12 +24,11 @@ CLASS_FILE = "class.json"  # {"class_label": K}: written by tools that export on
 def scan_images(folder: Path, flag: str = "--images") -> tuple[list[Path], list[tuple[Path, str]]]:
     """The readable images under ``folder`` (recursively, sorted), and the other files with the reason;
     the files skipped are listed on stderr, and a folder without images is refused, naming ``flag``."""
-    from safedenoiser.integrations.encode import readable_images
+    from safedenoiser.integrations.encode import files_under, readable_images
 
     if not folder.is_dir():
         raise SafeDenoiserError(f"{flag} {folder} is not a folder")
-    good, bad = readable_images(sorted(p for p in folder.rglob("*") if p.is_file()
-                                       and p.name != CLASS_FILE and not p.name.startswith(".")))
+    good, bad = readable_images([path for path in files_under(folder) if path.name != CLASS_FILE])
     for path, reason in bad:
         typer.secho(f"skipped {path}: {reason}", fg="yellow", err=True)
     if not good:

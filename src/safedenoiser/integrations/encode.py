@@ -73,7 +73,8 @@ def _channels(pipe) -> int:
     return int(model.config.in_channels)
 
 
-def _files(source: str | Path) -> list[Path]:
+def files_under(source: str | Path) -> list[Path]:
+    """The files under a folder (recursively, sorted, hidden ones left out), or the one file given."""
     path = Path(source)
     if path.is_dir():
         return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -151,7 +152,7 @@ def load_images(images, size: int, channels: int) -> tuple[Tensor, list[str] | N
 def _expand(images: Iterable) -> Iterable:
     for item in images:
         if isinstance(item, (str, Path)) and Path(item).is_dir():
-            yield from _files(item)
+            yield from files_under(item)
         else:
             yield item
 
