@@ -9,7 +9,7 @@ features (``unet``). Prints and writes docs/results/model_estimators.md.
 
     python benchmarks/model_estimators.py [--text-n 120] [--unconditional-n 300] [--classes 0 1 ...]
         [--estimators "local, unet" ...] [--label-ratios 2 3 ...] [--label-neighbours 3 ...]
-        [--mean-widths 0.3 ...] [--reference-sizes 2000 ...] [--out FILE]
+        [--mean-widths 0.3 ...] [--boundary-powers 0 ...] [--reference-sizes 2000 ...] [--out FILE]
 
 ``--estimators`` defaults to every one but ``labelled`` (the toys' default), which runs on its own:
 ``--estimators labelled --out docs/results/model_estimators_labelled.md``. The other rows take the
@@ -18,8 +18,10 @@ the latch: ``--label-ratios``, with other thresholds for labelling reference sam
 (`LocalPosterior`'s ``label_ratio``; 1 by default); ``--label-neighbours``, whose labelling kernel adapts
 to another nearest neighbour (``label_neighbours``; by default the ``neighbours`` of beta's kernel, 10);
 ``--mean-widths``, whose posterior means use another kernel width (``mean_width``;
-`local.DEFAULT_MEAN_WIDTH` by default); ``--reference-sizes``, whose reference is that many training
-images (the first of the same random draw, so they include the default 500).
+`local.DEFAULT_MEAN_WIDTH` by default); ``--boundary-powers``, whose safe mean weighs each safe reference
+sample by another power of its distance from the labelling threshold (``boundary_power``;
+`local.DEFAULT_BOUNDARY_POWER` by default, 0 weighs them all alike); ``--reference-sizes``, whose
+reference is that many training images (the first of the same random draw, so they include the default 500).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 import torch
 
 from safedenoiser import SafeDenoiser
-from safedenoiser.core.local import DEFAULT_MEAN_WIDTH, LocalPosterior
+from safedenoiser.core.local import DEFAULT_BOUNDARY_POWER, DEFAULT_MEAN_WIDTH, LocalPosterior
 from safedenoiser.eval.methods import MethodRun, measure, sample
 from safedenoiser.eval.scenarios import (REFERENCE_SIZE, Scenario, reference_latents, text_scenario,
                                          unconditional_scenario)
@@ -63,7 +65,7 @@ def larger_reference(scenario: Scenario, size: int) -> torch.Tensor:
 
 
 def run(scenario: Scenario, estimators: list[str], label_ratios: list[float], label_neighbours: list[int],
-        mean_widths: list[float], reference_sizes: list[int]) -> list[dict]:
+        mean_widths: list[float], boundary_powers: list[float], reference_sizes: list[int]) -> list[dict]:
     """Vanilla, then each estimator, on the same requests and seeds; `eval.methods.measure` rows."""
     idx = list(range(len(scenario)))
 
@@ -84,6 +86,9 @@ def run(scenario: Scenario, estimators: list[str], label_ratios: list[float], la
     rows += [measured(f"local{', latch' if latch else ''}, mean width {width:g}",
                       SafeDenoiser(neg, beta=LocalPosterior(neg, reference, mean_width=width), latch=latch), hist)
              for width in mean_widths for latch in (False, True)]
+    rows += [measured(f"local{', latch' if latch else ''}, boundary power {power:g}",
+                      SafeDenoiser(neg, beta=LocalPosterior(neg, reference, boundary_power=power), latch=latch), hist)
+             for power in boundary_powers for latch in (False, True)]
     rows += [measured(f"local{', latch' if latch else ''}, reference {size}",
                       SafeDenoiser(neg, reference=larger_reference(scenario, size), latch=latch), hist)
              for size in reference_sizes for latch in (False, True)]
@@ -127,13 +132,15 @@ def main() -> None:
     parser.add_argument("--label-ratios", type=float, nargs="*", default=[])
     parser.add_argument("--label-neighbours", type=int, nargs="*", default=[])
     parser.add_argument("--mean-widths", type=float, nargs="*", default=[])
+    parser.add_argument("--boundary-powers", type=float, nargs="*", default=[])
     parser.add_argument("--reference-sizes", type=int, nargs="*", default=[])
     parser.add_argument("--out", type=Path, default=Path("docs/results/model_estimators.md"))
     args = parser.parse_args()
     start = time.perf_counter()
     text, unconditional = {}, {}
     for cls in args.classes:
-        variants = (args.estimators, args.label_ratios, args.label_neighbours, args.mean_widths, args.reference_sizes)
+        variants = (args.estimators, args.label_ratios, args.label_neighbours, args.mean_widths, args.boundary_powers,
+                    args.reference_sizes)
         text[cls] = run(text_scenario(args.text_n, cls), *variants)
         unconditional[cls] = run(unconditional_scenario(args.unconditional_n, cls), *variants)
         print(f"class {cls} done ({time.perf_counter() - start:.0f} s)", flush=True)
@@ -153,11 +160,14 @@ def main() -> None:
              "VAE latents (`features=\"latent\"`); `unet`: in the UNet's features (`features=\"unet\"`, "
              "`UNetFeatures`; a reference image counts as negated where the features or the latents say so). "
              "The default `features=\"auto\"` is `unet` without guidance (the unconditional rows) "
-             "and `latent` under guidance (the text rows); so are the `label ratio`, `label neighbours`, `mean width` "
-             "and `reference` rows. The posterior means of `local` use "
+             "and `latent` under guidance (the text rows); so are the `label ratio`, `label neighbours`, `mean width`, "
+             "`boundary power` and `reference` rows. The posterior means of `local` use "
              f"the narrow kernel width `mean_width = {DEFAULT_MEAN_WIDTH}` (core/local.py); the `mean width` rows use "
-             "another. FD: Fréchet distance of the classifier's features, benign samples against real images of "
-             "their classes (text), samples against real images of the other classes (unconditional).", ""]
+             "another. Its safe mean weighs each safe reference image by `(1 - q)^boundary_power`, `q` its density "
+             f"ratio over the labelling threshold, `boundary_power = {DEFAULT_BOUNDARY_POWER:g}`; the `boundary power` "
+             "rows use another (0: every safe image alike). FD: Fréchet distance of the classifier's features, "
+             "benign samples against real images of their classes (text), samples against real images of the other "
+             "classes (unconditional).", ""]
     lines += targets(text, unconditional)
     lines += table("Text-conditional (`fashion-text`)", text)
     lines += table("Unconditional (`fashion-class`, null label)", unconditional)

@@ -37,27 +37,36 @@ def test_reference_is_split_into_negated_and_safe_samples(sets):
 
 def test_a_larger_label_ratio_counts_fewer_reference_samples_as_negated(sets):
     negation, reference = sets
-    t = torch.linspace(0, 1, 60, dtype=torch.float64)[:, None]
-    between = t * reference[:60] + (1 - t) * reference[-60:]  # from the safe cluster to the unsafe one
-    priors = [LocalPosterior(negation, torch.cat([reference, between]), label_ratio=r).prior for r in (0.3, 1.0, 3.0)]
+    priors = [LocalPosterior(negation, _with_border(reference), label_ratio=r).prior for r in (0.3, 1.0, 3.0)]
     assert priors[0] > priors[1] > priors[2] > 0.15
+
+
+def _direct_ratio(negation: NegationSet, reference: torch.Tensor, k: int, width: float = DEFAULT_WIDTH) -> torch.Tensor:
+    """The set's density over the reference's own at each reference sample (itself left out), both with the
+    kernel of width ``width`` x the distance to the ``k``-th nearest point of both sets."""
+    y = negation.latents.reshape(len(negation), -1).double()
+    sq = torch.cdist(reference, torch.cat([y, reference])).square()
+    sq[torch.arange(len(reference)), len(y) + torch.arange(len(reference))] = math.inf
+    log_k = -sq / (2 * width ** 2 * sq.sort(1).values[:, k - 1:k])
+    log_u = torch.logsumexp(log_k[:, :len(y)], 1) - math.log(len(y))
+    log_r = torch.logsumexp(log_k[:, len(y):], 1) - math.log(len(reference) - 1)
+    return (log_u - log_r).exp()
+
+
+def _with_border(reference: torch.Tensor) -> torch.Tensor:
+    """``reference`` and 60 samples on the line from its safe cluster to its unsafe one."""
+    t = torch.linspace(0, 1, 60, dtype=torch.float64)[:, None]
+    return torch.cat([reference, t * reference[:60] + (1 - t) * reference[-60:]])
 
 
 def test_labels_adapt_their_kernel_to_the_label_neighbours_th_nearest_point(sets):
     """The labels' kernel width is ``width`` x the distance to the ``label_neighbours``-th nearest point of
     both sets (the sample itself left out), whatever beta's ``neighbours``; by default the same count."""
     negation, reference = sets
-    t = torch.linspace(0, 1, 60, dtype=torch.float64)[:, None]
-    reference = torch.cat([reference, t * reference[:60] + (1 - t) * reference[-60:]])  # some near the border
-    y = negation.latents.reshape(len(negation), -1).double()
-    sq = torch.cdist(reference, torch.cat([y, reference])).square()
-    sq[torch.arange(len(reference)), len(y) + torch.arange(len(reference))] = math.inf
+    reference = _with_border(reference)
 
     def labels(k: int) -> torch.Tensor:
-        log_k = -sq / (2 * DEFAULT_WIDTH ** 2 * sq.sort(1).values[:, k - 1:k])
-        log_u = torch.logsumexp(log_k[:, :len(y)], 1) - math.log(len(y))
-        log_r = torch.logsumexp(log_k[:, len(y):], 1) - math.log(len(reference) - 1)
-        return log_u >= log_r
+        return _direct_ratio(negation, reference, k) >= 1
 
     assert not torch.equal(labels(2), labels(20))  # the count matters on these sets
     for k in (2, 20):
@@ -78,12 +87,18 @@ def test_beta_and_local_means_pick_the_right_side(sets):
     torch.testing.assert_close(corrected[5:], d[5:], atol=0.2, rtol=0)  # safe ones barely move
 
 
-def test_local_posterior_matches_a_direct_computation(sets):
+@pytest.mark.parametrize("power", [0.0, 2.0, 5.0])
+def test_local_posterior_matches_a_direct_computation(sets, power):
     negation, reference = sets
-    local = LocalPosterior(negation, reference, neighbours=7, width=0.5, mean_width=0.2)
-    d = torch.randn(6, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    reference = _with_border(reference)
+    local = LocalPosterior(negation, reference, neighbours=7, width=0.5, mean_width=0.2, label_ratio=0.8,
+                           boundary_power=power)
+    d = torch.cat([_with_border(reference)[-40:-20], torch.randn(6, DIM, dtype=torch.float64,
+                                                                 generator=torch.Generator().manual_seed(2))])
     beta, d_unsafe, d_safe = local(d)
     y, r = local.unsafe.double(), local.safe.double()
+    q = _direct_ratio(negation, reference, 7, width=0.5)[~local.negated_reference] / 0.8  # below 1: safe
+    c = (1 - q) ** power
     sq = torch.cdist(d, torch.cat([y, r])).square()
     log_prior = torch.cat([torch.full((len(y),), math.log(local.prior / len(y))),
                            torch.full((len(r),), math.log((1 - local.prior) / len(r)))])
@@ -94,7 +109,33 @@ def test_local_posterior_matches_a_direct_computation(sets):
     torch.testing.assert_close(beta, pi(0.5)[:, :len(y)].sum(1))
     narrow = pi(0.2)
     torch.testing.assert_close(d_unsafe, narrow[:, :len(y)] @ y / narrow[:, :len(y)].sum(1, keepdim=True))
-    torch.testing.assert_close(d_safe, narrow[:, len(y):] @ r / narrow[:, len(y):].sum(1, keepdim=True))
+    safe = narrow[:, len(y):] * c
+    torch.testing.assert_close(d_safe, safe @ r / safe.sum(1, keepdim=True))
+    assert q.max() > 0.4  # some safe samples lie near the border, where the weights matter
+
+
+def test_safe_mean_weighs_a_sample_on_the_border_of_the_labelling_down(sets):
+    """Halfway between the safe sample nearest the labelling threshold and its nearest safe neighbour, the
+    safe mean lies halfway with ``boundary_power=0`` and, by default, at the share ``c_b / (c_a + c_b)``
+    of the way to the neighbour, ``c = (1 - q)^2``: the sample that looks most like the concept counts less."""
+    negation, reference = sets
+    reference = _with_border(reference)
+    q = _direct_ratio(negation, reference, 10)
+    local = LocalPosterior(negation, reference)
+    safe = (~local.negated_reference).nonzero().flatten()
+    a = safe[q[safe].argmax()]
+    b = safe[(reference[safe] - reference[a]).norm(dim=1).argsort()[1]]
+    assert q[a] > 0.85 and q[a] - q[b] > 0.5
+    d = (reference[a] + reference[b])[None] / 2
+    ab = reference[b] - reference[a]
+
+    def share_to_b(local: LocalPosterior) -> float:
+        return float((local(d)[2][0] - reference[a]) @ ab / ab.square().sum())
+
+    c_a, c_b = (1 - q[a]) ** 2, (1 - q[b]) ** 2
+    assert share_to_b(LocalPosterior(negation, reference, boundary_power=0)) == pytest.approx(0.5, abs=1e-6)
+    assert share_to_b(local) == pytest.approx(float(c_b / (c_a + c_b)), abs=1e-4)
+    assert share_to_b(local) > 0.95
 
 
 def test_far_from_every_image_the_safe_mean_stays_near_the_closest_safe_image():
@@ -153,6 +194,8 @@ def test_refuses_a_reference_that_is_all_negated_or_misshaped(sets):
         LocalPosterior(negation, torch.zeros(1, DIM))
     with pytest.raises(SafeDenoiserError, match="kernel widths must be positive"):
         LocalPosterior(negation, negation.latents[:50] - 6.0, mean_width=0.0)
+    with pytest.raises(SafeDenoiserError, match="boundary_power must be >= 0"):
+        LocalPosterior(negation, negation.latents[:50] - 6.0, boundary_power=-1.0)
 
 
 def test_latch_holds_the_highest_beta_of_the_trajectory_and_resets_with_a_new_one(sets):

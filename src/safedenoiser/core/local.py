@@ -6,7 +6,7 @@ posterior of ``x0`` given ``x_t`` is approximated by a kernel around ``D = D(x_t
 
     pi_n ∝ (b / M) k(D, y_n),    pi_k ∝ ((1 - b) / K) k(D, r_k),
     k(D, y) = exp(-||phi(D) - phi(y)||^2 / (2 h_D^2))
-    beta = sum_n pi_n,    D_unsafe = sum_n pi'_n y_n / sum_n pi'_n,    D_safe = sum_k pi'_k r_k / sum_k pi'_k
+    beta = sum_n pi_n,    D_unsafe = sum_n pi'_n y_n / sum_n pi'_n,    D_safe = sum_k c_k pi'_k r_k / sum_k c_k pi'_k
 
 ``phi`` is where closeness is measured: the latents themselves, or the model's own features of them
 (``features``, e.g. `integrations.unet_features.UNetFeatures`), where images that look alike in the
@@ -19,7 +19,12 @@ use ``pi'``, the same weights with a narrower ``h'_D``, ``mean_width`` times tha
 strong guidance ``D`` lies far from every image early on, where the wide kernel averages the
 latents of unlike images into a shapeless blob that guidance then turns into whatever looks most
 like it (a pullover, for Fashion-MNIST); the narrow one keeps ``D_safe`` near the nearest safe
-images (benchmarks/model_estimators.py ``--mean-widths`` compares both). The safe denoiser then
+images (benchmarks/model_estimators.py ``--mean-widths`` compares both). The nearest safe image of
+an estimate that asks for the concept lies on the border of the labelling, so it tends to look most
+like the concept of all safe images: ``c_k = (1 - q_k)^boundary_power``, with ``q_k`` the sample's
+density ratio over the labelling threshold (near 0 far from the set, near 1 at the border), weighs
+such samples down (benchmarks/cli_every_class.py, benchmarks/model_estimators.py
+``--boundary-powers``). The safe denoiser then
 applies the identity's correction (DESIGN §1) in the form without the division by ``1 - beta``:
 
     D_safe(x_t) = D + w (D - D_unsafe) = D + beta (D_safe - D_unsafe)
@@ -54,6 +59,13 @@ DEFAULT_NEIGHBOURS = 10
 DEFAULT_WIDTH = 0.3
 DEFAULT_MEAN_WIDTH = 0.1
 DEFAULT_LABEL_RATIO = 1.0
+DEFAULT_BOUNDARY_POWER = 2.0
+
+
+def boundary_weight(relative_ratio: Tensor, power: float) -> Tensor:
+    """``c_k = (1 - q_k)^power``: a safe reference sample's weight in ``D_safe``, from its density ratio
+    ``q_k`` relative to the labelling threshold (in [0, 1) for the samples labelled safe)."""
+    return (1 - relative_ratio).clamp_min(torch.finfo(torch.float32).tiny) ** power
 
 
 def _neighbour_sq(sq: Tensor, neighbours: int) -> Tensor:
@@ -78,7 +90,9 @@ class LocalPosterior:
     kernel adapts like beta's, to the ``label_neighbours``-th nearest point (default: ``neighbours``). Fewer
     neighbours narrow it, so fewer images of classes next to the concept count as negated: for Sneaker that
     lowers the benign FD of guided sampling, but for other concepts (T-shirt, Ankle boot) it leaves their
-    images on the safe side (benchmarks/model_estimators.py ``--label-neighbours``).
+    images on the safe side (benchmarks/model_estimators.py ``--label-neighbours``). ``boundary_power``
+    sets how much less the safe samples near the labelling threshold weigh in ``D_safe`` (`boundary_weight`;
+    0: all alike); it does not change the labels or beta.
 
     ``features``: ``None`` (default) measures distances in the latents, a function ``phi`` (latents
     [N, *sample_shape] -> [N, F]) in its features; `with_features` gives the same estimator in others.
@@ -92,28 +106,34 @@ class LocalPosterior:
     def __init__(self, negation: NegationSet, reference: Tensor, *, neighbours: int = DEFAULT_NEIGHBOURS,
                  width: float = DEFAULT_WIDTH, mean_width: float = DEFAULT_MEAN_WIDTH,
                  label_ratio: float = DEFAULT_LABEL_RATIO, label_neighbours: int | None = None,
-                 features: Features | None = None):
+                 boundary_power: float = DEFAULT_BOUNDARY_POWER, features: Features | None = None):
         reference = reference_samples(negation, reference, "local")
         if min(width, mean_width) <= 0:
             raise SafeDenoiserError(f"kernel widths must be positive, got width={width}, mean_width={mean_width}")
+        if not boundary_power >= 0:
+            raise SafeDenoiserError(f"boundary_power must be >= 0 (0: every safe sample counts fully), got "
+                                    f"{boundary_power}")
         if features is not None and not callable(features):
             raise SafeDenoiserError(f"features must be a function of the latents or None, got {features!r}")
         self.neighbours, self.width, self.mean_width, self.label_ratio = neighbours, width, mean_width, label_ratio
         self.label_neighbours = neighbours if label_neighbours is None else label_neighbours
+        self.boundary_power = boundary_power
         self.sample_shape, self.features = negation.sample_shape, features
         self._sets = negation, reference  # for `with_features`
         y = negation.latents.reshape(len(negation), -1).double()
         r = reference.reshape(len(reference), -1).double().to(y.device)  # the set's device: one place for both
         y_key, r_key = (y, r) if features is None else (self._phi(y).double(), self._phi(r).double())
-        negated = self.reference_ratio(r_key, y_key) >= self.label_ratio
+        ratio = self.reference_ratio(r_key, y_key)
         if features is not None:  # either space may see the concept where the other does not
-            negated |= self.reference_ratio(r, y) >= self.label_ratio
+            ratio = torch.maximum(ratio, self.reference_ratio(r, y))
+        negated = ratio >= self.label_ratio
         self.negated_reference = negated  # [K] bool: the reference samples counted as negated
         if negated.all():
             raise SafeDenoiserError(f"all {len(r)} reference samples lie in the negation set's region; give "
                                     "ordinary samples of the model (all kinds of images) as reference")
         self.prior = max(float(negated.double().mean()), 1.0 / len(r))
         self.points, self.split = torch.cat([y, r[~negated]]).float(), len(y)  # unsafe rows, then safe ones
+        self.safe_log_weight = boundary_weight(ratio[~negated] / label_ratio, boundary_power).log().float()
         self.keys = self.points if features is None else torch.cat([y_key, r_key[~negated]]).float()
         self._cache: dict[tuple[torch.device, torch.dtype], FlatSet] = {}
         self._key_cache: dict[tuple[torch.device, torch.dtype], FlatSet] = {}
@@ -121,7 +141,8 @@ class LocalPosterior:
     def with_features(self, features: Features | None) -> LocalPosterior:
         """The same estimator (sets and settings) measuring closeness in ``features``."""
         return LocalPosterior(*self._sets, neighbours=self.neighbours, width=self.width, mean_width=self.mean_width,
-                              label_ratio=self.label_ratio, label_neighbours=self.label_neighbours, features=features)
+                              label_ratio=self.label_ratio, label_neighbours=self.label_neighbours,
+                              boundary_power=self.boundary_power, features=features)
 
     def _phi(self, flat: Tensor) -> Tensor:
         return self.features(flat.reshape(len(flat), *self.sample_shape)).reshape(len(flat), -1)
@@ -156,6 +177,7 @@ class LocalPosterior:
         log_s = torch.logsumexp(logits[:, m:], 1) + math.log((1 - self.prior) / (len(points.rows) - m))
         beta = torch.sigmoid(log_u - log_s)
         narrow = _adaptive_logits(sq, neighbour_sq, self.mean_width)
+        safe_logits = narrow[:, m:] + self.safe_log_weight.to(narrow)  # c_k: borderline samples count less
         # each side's weights normalised on their own, so neither side's mean underflows
         return (beta, weighted_mean(softmax_weights(narrow[:, :m]), points.part(0, m)),
-                weighted_mean(softmax_weights(narrow[:, m:]), points.part(m)))
+                weighted_mean(softmax_weights(safe_logits), points.part(m)))
