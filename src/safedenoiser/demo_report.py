@@ -58,7 +58,7 @@ def write_report(path: Path, summary: dict, negated_class: int, n_per_prompt: in
                      f"{v['confidence']:.2f} | {v['reference_copy']:.0%} |")
     lines += ["", "Copies of a reference image: nearer (RMS pixel distance) to one of the negation set's 500 "
               "reference images, through the VAE, than any of 1,000 unseen training images is. Under guidance the "
-              "latch corrects a sample judged unsafe towards the nearest safe reference images, and it ends as one "
+              "latch corrects a sample judged unsafe towards nearby safe reference images, and it ends as one "
               "of them.", "",
               f"This run: {timing[0]:.0f} s on this machine ({torch.get_num_threads()} torch threads), generating "
               f"{timing[1]} of the {timing[2]} images ({timing[2] - timing[1]} were already in the folder).", "",

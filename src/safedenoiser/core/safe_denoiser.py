@@ -132,8 +132,9 @@ class SafeDenoiser:
         latch: with the local estimator, keep each sample's beta at its maximum so far along the
             trajectory (`latched_beta`) and correct with `held_safe_denoise`: for concepts that strong
             guidance redraws late; it costs benign samples near the negated concept, and a sample it
-            holds near ``beta = 1`` ends as (nearly) the nearest safe reference sample, a copy of
-            one of the reference images (docs/results.md, "copies of a reference image"). ``"auto"``
+            holds near ``beta = 1`` ends as (nearly) a safe reference sample near it (the nearest unless
+            that lies at the labelling's border, `LocalPosterior`'s ``boundary_power``), a copy of one
+            of the reference images (docs/results.md, "copies of a reference image"). ``"auto"``
             (default): on while the sampler applies classifier-free guidance (``correct(...,
             guided=True)``; `attach` reads the pipeline's ``do_classifier_free_guidance``, or its ``guided``), off
             otherwise and for the other estimators. ``True`` / ``False``: always / never.
