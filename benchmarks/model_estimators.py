@@ -53,6 +53,10 @@ COLUMNS = {"unsafe[direct]": "unsafe direct", "unsafe[paraphrase]": "unsafe para
            "accuracy": "benign accuracy", "fd[benign]": "FD benign", "fd": "FD", "confident": "recognisable",
            "tv_others": "TV others"}
 NUMBER_FORMATS = {"fd[benign]": ".2f", "fd": ".2f", "tv_others": ".3f"}  # the rest are shares
+# `LocalPosterior` setting -> (the option giving its values, the rows' label)
+LOCAL_VARIANTS = {"label_ratio": ("label_ratios", "label ratio"),
+                  "label_neighbours": ("label_neighbours", "label neighbours"),
+                  "mean_width": ("mean_widths", "mean width"), "boundary_power": ("boundary_powers", "boundary power")}
 _REFERENCES: dict[tuple[str, int], torch.Tensor] = {}  # (VAE, size) -> latents: both models share their VAE
 
 
@@ -64,9 +68,11 @@ def larger_reference(scenario: Scenario, size: int) -> torch.Tensor:
     return _REFERENCES[key]
 
 
-def run(scenario: Scenario, estimators: list[str], label_ratios: list[float], label_neighbours: list[int],
-        mean_widths: list[float], boundary_powers: list[float], reference_sizes: list[int]) -> list[dict]:
-    """Vanilla, then each estimator, on the same requests and seeds; `eval.methods.measure` rows."""
+def run(scenario: Scenario, estimators: list[str], local_variants: dict[str, list[float]],
+        reference_sizes: list[int]) -> list[dict]:
+    """Vanilla, then each estimator, then the local estimator with each value of each `LOCAL_VARIANTS` setting
+    in ``local_variants``, with and without the latch, on the same requests and seeds; `eval.methods.measure`
+    rows."""
     idx = list(range(len(scenario)))
 
     def measured(name: str, corrector=None, vanilla_hist: torch.Tensor | None = None) -> dict:
@@ -77,18 +83,9 @@ def run(scenario: Scenario, estimators: list[str], label_ratios: list[float], la
     hist = torch.tensor(vanilla["histogram"], dtype=torch.float64)
     neg, reference = scenario.negation, scenario.reference
     rows = [measured(name, SafeDenoiser(neg, reference=reference, **ESTIMATORS[name]), hist) for name in estimators]
-    rows += [measured(f"local{', latch' if latch else ''}, label ratio {ratio:g}",
-                      SafeDenoiser(neg, beta=LocalPosterior(neg, reference, label_ratio=ratio), latch=latch), hist)
-             for ratio in label_ratios for latch in (False, True)]
-    rows += [measured(f"local{', latch' if latch else ''}, label neighbours {k}",
-                      SafeDenoiser(neg, beta=LocalPosterior(neg, reference, label_neighbours=k), latch=latch), hist)
-             for k in label_neighbours for latch in (False, True)]
-    rows += [measured(f"local{', latch' if latch else ''}, mean width {width:g}",
-                      SafeDenoiser(neg, beta=LocalPosterior(neg, reference, mean_width=width), latch=latch), hist)
-             for width in mean_widths for latch in (False, True)]
-    rows += [measured(f"local{', latch' if latch else ''}, boundary power {power:g}",
-                      SafeDenoiser(neg, beta=LocalPosterior(neg, reference, boundary_power=power), latch=latch), hist)
-             for power in boundary_powers for latch in (False, True)]
+    rows += [measured(f"local{', latch' if latch else ''}, {LOCAL_VARIANTS[setting][1]} {value:g}",
+                      SafeDenoiser(neg, beta=LocalPosterior(neg, reference, **{setting: value}), latch=latch), hist)
+             for setting, values in local_variants.items() for value in values for latch in (False, True)]
     rows += [measured(f"local{', latch' if latch else ''}, reference {size}",
                       SafeDenoiser(neg, reference=larger_reference(scenario, size), latch=latch), hist)
              for size in reference_sizes for latch in (False, True)]
@@ -138,9 +135,9 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     text, unconditional = {}, {}
+    local_variants = {setting: getattr(args, option) for setting, (option, _) in LOCAL_VARIANTS.items()}
     for cls in args.classes:
-        variants = (args.estimators, args.label_ratios, args.label_neighbours, args.mean_widths, args.boundary_powers,
-                    args.reference_sizes)
+        variants = (args.estimators, local_variants, args.reference_sizes)
         text[cls] = run(text_scenario(args.text_n, cls), *variants)
         unconditional[cls] = run(unconditional_scenario(args.unconditional_n, cls), *variants)
         print(f"class {cls} done ({time.perf_counter() - start:.0f} s)", flush=True)
