@@ -5,14 +5,19 @@ deviations from a kept one), each sampler (DPM-Solver++ ODE, ancestral) and each
 and writes to docs/results/estimators_toy.md: the share of samples whose most likely component is
 negated, SW2 to exact safe samples divided by the noise floor, and the wall time.
 
-    python benchmarks/estimators_toy.py [--n 4000] [--seeds 2] [--jobs 1] [--out docs/results/estimators_toy.md]
+    python benchmarks/estimators_toy.py [--n 4000] [--seeds 2] [--jobs 1] [--methods exact kernel/labelled ...]
+        [--out docs/results/estimators_toy.md]
+
+``--methods`` keeps only the rows it names (as the table's method column does), for more seeds of a few.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -68,13 +73,21 @@ METHODS = [("exact samples", "-"), ("vanilla", "-"), ("exact", "-"), ("kernel", 
 ORACLE = "ratio, true prior"  # the ratio estimator given the mixture's true b: isolates the error of its estimate
 
 
-def mixture_rows(pair: tuple[str, str], n: int, seeds: int) -> list[tuple]:
-    """Every method's row on one mixture with one sampler (mean and worst over ``seeds``)."""
+def method_label(method: str, estimator: str) -> str:
+    """The table's name of a `METHODS` entry (``kernel/labelled``), which ``--methods`` takes."""
+    return method if estimator == "-" else f"{method}/{estimator}"
+
+
+def mixture_rows(pair: tuple[str, str], n: int, seeds: int, labels: Iterable[str] | None = None) -> list[tuple]:
+    """The row of each method (all, or those ``labels`` name) on one mixture with one sampler (mean and worst
+    over ``seeds``)."""
     torch.set_num_threads(1)
     name, sampler = pair
     spec, safe, floor = parsed_mixture(name, n)
     rows = []
     for method, estimator in METHODS:
+        if labels is not None and method_label(method, estimator) not in labels:
+            continue
         if method == "exact samples" and sampler != "dpm++":
             continue  # no sampler involved: one row per mixture
         shares, ratios, times = [], [], []
@@ -89,8 +102,7 @@ def mixture_rows(pair: tuple[str, str], n: int, seeds: int) -> list[tuple]:
             times.append(time.perf_counter() - start)
             shares.append(negated_share(samples, spec.mixture, spec.negate))
             ratios.append(sw2_to_mixture(samples, safe) / floor)
-        row = (name, "-" if method == "exact samples" else sampler,
-               method if estimator == "-" else f"{method}/{estimator}",
+        row = (name, "-" if method == "exact samples" else sampler, method_label(method, estimator),
                sum(shares) / len(shares), max(shares), sum(ratios) / len(ratios), max(ratios),
                sum(times) / len(times))
         rows.append(row)
@@ -102,12 +114,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=4000)
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("docs/results/estimators_toy.md"))
+    parser.add_argument("--out", type=Path, default=None, help="default docs/results/estimators_toy.md, "
+                        "which holds every method: with --methods, give another file")
     parser.add_argument("--jobs", type=int, default=1, help="processes, one (mixture, sampler) pair each")
+    parser.add_argument("--methods", nargs="+", choices=[method_label(*m) for m in METHODS], metavar="METHOD",
+                        help="only these rows, named as in the table (default: all)")
     args = parser.parse_args()
-    rows = rows_per_pair(mixture_rows, benchmark_mixtures(), args.n, args.seeds, args.jobs)
+    if args.methods and args.out is None:
+        parser.error("--methods writes some of the rows: give --out FILE, so the full table is not replaced")
+    out = args.out or Path("docs/results/estimators_toy.md")
+    rows = rows_per_pair(partial(mixture_rows, labels=args.methods), benchmark_mixtures(), args.n, args.seeds,
+                         args.jobs)
+    command = f"--n {args.n} --seeds {args.seeds}" + (" --methods " + shlex.join(args.methods) if args.methods else "")
+    command += f" --out {args.out}" if args.out else ""
     lines = ["# Beta estimators on Gaussian mixtures", "",
-             f"`python benchmarks/estimators_toy.py --n {args.n} --seeds {args.seeds}`: mean and worst over seeds "
+             f"`python benchmarks/estimators_toy.py {command}`: mean and worst over seeds "
              "of the negated share and of SW2 / noise floor (SW2 to exact safe samples, averaged over 8 exact "
              "sets; the floor is the mean SW2 between two independent exact sample sets of the same size). "
              "Targets: exact <= 1% and <= 1.5x; kernel <= 3% "
@@ -118,8 +139,8 @@ def main() -> None:
              "| mixture | sampler | method | negated share (mean) | (worst) | SW2 / floor (mean) | (worst) | seconds |",
              "|---|---|---|---|---|---|---|---|"]
     lines += [ROW.format(*row) for row in rows]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
