@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results"
 PAGE = ROOT / "docs" / "results.md"
 CACHE = ROOT / ".cache" / "eval"
-SIZES = {"text": 150, "class": 150, "unconditional": 200, "memorization": 150, "every-class": 150}
+SIZES = {"text": 150, "class": 150, "unconditional": 200, "memorization": 150, "every-class": 300}
 SWEEP_N = 100
 SWEEP_METHODS = ("vanilla", "negative", "sld", "spell", "safe-paper", "safe", "safe-ref")
 
