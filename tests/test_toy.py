@@ -56,6 +56,14 @@ def test_samplers_reproduce_the_mixture(sampler):
     assert sw2_to_mixture(samples, spec.mixture) <= 1.5 * noise_floor(spec.mixture, n)
 
 
+def test_the_noise_floor_does_not_depend_on_its_seed():
+    """In 2-D the component counts make one pair's SW2 vary widely: the floor averages enough pairs that
+    three seeds agree within 10% (with 8 pairs they did not)."""
+    mixture = parse_spec(_spec_close()).safe_mixture()
+    floors = torch.tensor([noise_floor(mixture, 4000, seed=seed) for seed in range(3)])
+    assert (floors / floors.mean() - 1).abs().max() <= 0.10
+
+
 @pytest.mark.parametrize("data", [SPEC_2D, _spec_close()], ids=["separated", "close"])
 def test_exact_safe_denoiser_samples_the_safe_mixture(data):
     spec = parse_spec(data)
@@ -166,7 +174,7 @@ def _targets(spec, method: str, seeds=(0, 1), n: int = 4000) -> tuple[float, flo
 
 CLOSE_MISS = ("known miss (benchmarks/estimators_toy.py): with the negated component 2.5 sd from a kept one the "
               "labelled estimator labels some of the kept component's reference samples nearest the negated one "
-              "unsafe and removes their mass: SW2 3.7x the floor, negated share 2.7% (the exact safe denoiser: 5.9%)")
+              "unsafe and removes their mass: SW2 2.7x the floor, negated share 2.7% (the exact safe denoiser: 5.9%)")
 
 
 @pytest.mark.parametrize("data", [SPEC_2D, _spec_16d(),
