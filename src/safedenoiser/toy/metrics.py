@@ -35,9 +35,9 @@ def noise_floor(mixture: GaussianMixture, n: int, *, seed: int = 0, repeats: int
     """SW2 between two independent exact sample sets of size ``n`` (mean over ``repeats`` pairs).
 
     Many pairs: where components lie far apart the random component counts dominate SW2, so one pair's
-    value varies widely (tests/test_toy.py checks the floor against exact samples). With 8 pairs the 2-D floors of
-    benchmarks/estimators_toy.py came out low, and exact safe samples read 1.5x to 1.6x them
-    (docs/results/estimators_toy_seeds12.md at eb3210e) instead of 1x.
+    value varies widely. With 8 pairs the 2-D floors of benchmarks/estimators_toy.py came out low:
+    exact safe samples read 1.5x to 1.6x them (docs/results/estimators_toy_seeds12.md at eb3210e)
+    instead of 1x, and three seeds' floors of the tests' close mixture disagree by more than 10%.
     """
     gen = torch.Generator().manual_seed(seed)
     values = [sliced_wasserstein(mixture.sample(n, gen)[0], mixture.sample(n, gen)[0], seed=seed + r)
