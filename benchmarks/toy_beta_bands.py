@@ -1,7 +1,7 @@
 """Which part of the toy's kernel method costs its SW2 where the mixture's components are close: its
 beta in one noise band, or its ``D_unsafe``, each replaced by the exact one.
 
-On the two close mixtures of benchmarks/estimators_toy.py (the separated ones meet the targets),
+On the two close mixtures of benchmarks/estimators_toy.py (where its SW2 is highest),
 with both samplers, the default kernel method (`beta="labelled"`) runs with its ``D_unsafe`` (the
 kernel mean over the 256-point negation set) or the exact one (the negated component's denoiser),
 and with its beta or the exact beta of the mixture at high noise only (``sigma/alpha >= 1``), at low
