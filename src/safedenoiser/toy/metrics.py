@@ -27,7 +27,7 @@ def sliced_wasserstein(a: Tensor, b: Tensor, *, projections: int = 256, seed: in
     gen = torch.Generator().manual_seed(seed)
     theta = torch.randn(a.shape[1], projections, dtype=torch.float64, generator=gen)
     theta = theta / theta.norm(dim=0, keepdim=True)
-    pa, pb = (np.sort((x.double() @ theta).T.cpu().numpy(), axis=1) for x in (a, b))  # numpy's sort: ~5x torch's
+    pa, pb = (np.sort((x.double() @ theta).T.cpu().numpy(), axis=1) for x in (a, b))  # numpy: faster than torch.sort
     return float(np.sqrt(((pa - pb) ** 2).mean()))
 
 
