@@ -71,6 +71,11 @@ def test_near_copy_share_uses_rms_distance_to_the_nearest_protected_image():
     assert flags.tolist() == [True, True, False] and index[:2].tolist() == [0, 1]  # 0.5 is equally near both
 
 
+def test_near_copies_of_no_samples_are_empty():
+    flags, index = near_copies(torch.zeros(0, 1, 2, 2), (torch.ones(3, 1, 2, 2), 0.4))
+    assert flags.shape == index.shape == (0,)
+
+
 def test_cut_is_the_relative_reduction():
     assert cut(0.4, 0.02) == pytest.approx(0.95)
     assert cut(0.0, 0.0) == 0.0

@@ -74,9 +74,9 @@ def frechet_distance(a: Tensor, b: Tensor) -> float:
 
 def nearest(x: Tensor, protected: Tensor) -> tuple[Tensor, Tensor]:
     """RMS distance per coordinate from each row of ``x`` to its nearest row of ``protected``, and that
-    row's index ([N] each)."""
-    x = torch.as_tensor(x, dtype=torch.float64).reshape(len(x), -1)
-    protected = torch.as_tensor(protected, dtype=torch.float64).reshape(len(protected), -1)
+    row's index ([N] each; empty for no rows)."""
+    x = torch.as_tensor(x, dtype=torch.float64).flatten(1)
+    protected = torch.as_tensor(protected, dtype=torch.float64).flatten(1)
     distance, index = torch.cdist(x, protected).min(1)
     return distance / x.shape[1] ** 0.5, index
 
