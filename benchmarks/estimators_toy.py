@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Collection, Iterable
 
 import torch
 
@@ -78,7 +78,7 @@ def method_label(method: str, estimator: str) -> str:
     return method if estimator == "-" else f"{method}/{estimator}"
 
 
-def mixture_rows(pair: tuple[str, str], n: int, seeds: int, labels: Iterable[str] | None = None) -> list[tuple]:
+def mixture_rows(pair: tuple[str, str], n: int, seeds: int, labels: Collection[str] | None = None) -> list[tuple]:
     """The row of each method (all, or those ``labels`` name) on one mixture with one sampler (mean and worst
     over ``seeds``)."""
     torch.set_num_threads(1)
