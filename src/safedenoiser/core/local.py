@@ -92,7 +92,11 @@ class LocalPosterior:
     lowers the benign FD of guided sampling, but for other concepts (T-shirt, Ankle boot) it leaves their
     images on the safe side (benchmarks/model_estimators.py ``--label-neighbours``). ``boundary_power``
     sets how much less the safe samples near the labelling threshold weigh in ``D_safe`` (`boundary_weight`;
-    0: all alike); it does not change the labels or beta.
+    0: all alike); it does not change the labels or beta. Where the concept is a large part of the reference
+    (a part of one class: ``prior`` near 0.4 or above), some of its own images are labelled safe and lie
+    next to it, and a far larger power (128) keeps the correction off them; where it is one kind among
+    many, such powers move benign samples to far safe images (benchmarks/class_cluster.py,
+    benchmarks/model_estimators.py ``--boundary-powers``).
 
     ``features``: ``None`` (default) measures distances in the latents, a function ``phi`` (latents
     [N, *sample_shape] -> [N, F]) in its features; `with_features` gives the same estimator in others.
