@@ -43,8 +43,10 @@ def rows_for(cls: int, n: int, powers: list[float]) -> tuple[dict, list[dict]]:
     idx, seeds = list(range(n)), scenario.seeds(0)
     neg, reference = scenario.negation, scenario.reference
     in_cluster = is_unsafe(scenario, scenario.reference_pixels)  # the judge's verdict on each reference image
-    safe = ~LocalPosterior(neg, reference).negated_reference
-    labels = {"in the negated cluster": float(in_cluster.double().mean()),
+    labelling = LocalPosterior(neg, reference)  # labels and prior b: the same for every power
+    safe = ~labelling.negated_reference
+    labels = {"prior b": labelling.prior,
+              "in the negated cluster": float(in_cluster.double().mean()),
               "of those, labelled safe": float(safe[in_cluster].double().mean()),
               "of the kept cluster's, labelled negated": float((~safe[~in_cluster]).double().mean()),
               "of those labelled safe, in the negated cluster": float(in_cluster[safe].double().mean())}
@@ -58,7 +60,7 @@ def rows_for(cls: int, n: int, powers: list[float]) -> tuple[dict, list[dict]]:
         for latch in (False, True):
             row = measured(f"local{', latch' if latch else ''}, boundary power {power:g}",
                            SafeDenoiser(neg, beta=local, latch=latch))
-            rows.append(row | {"prior": local.prior})
+            rows.append(row)
             print(cls, row["method"], f"{row['unsafe[all]']:.1%}", f"FD {row['fd']:.2f}", flush=True)
     return scenario.info | {"labels": labels}, rows
 
@@ -72,16 +74,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     start = time.perf_counter()
-    header = ["class", "method", "prior b"] + [title for title, _ in COLUMNS.values()]
+    header = ["class", "method"] + [title for title, _ in COLUMNS.values()]
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    split = ["| class | reference images " + " | ".join(LABEL_COLUMNS) + " |", "|" + "---|" * (len(LABEL_COLUMNS) + 1)]
+    split = ["| class | prior b | reference images " + " | ".join(LABEL_COLUMNS) + " |",
+             "|" + "---|" * (len(LABEL_COLUMNS) + 2)]
     for cls in args.classes:
         info, rows = rows_for(cls, args.n, args.boundary_powers)
         name = f"{cls} {CLASS_NAMES[cls]} (clusters {info['cluster_sizes']}, negated {info['negated_cluster']})"
-        split.append(f"| {name} | " + " | ".join(f"{info['labels'][c]:.1%}" for c in LABEL_COLUMNS) + " |")
+        labels = info["labels"]
+        split.append(f"| {name} | {labels['prior b']:.2f} | "
+                     + " | ".join(f"{labels[c]:.1%}" for c in LABEL_COLUMNS) + " |")
         for row in rows:
-            prior = f"{row['prior']:.2f}" if "prior" in row else ""
-            table.append(f"| {name} | {row['method']} | {prior} | "
+            table.append(f"| {name} | {row['method']} | "
                          + " | ".join(f"{row[key]:{fmt}}" for key, (_, fmt) in COLUMNS.items()) + " |")
     lines = ["# Negating one k-means cluster of a class: `boundary_power`", "",
              f"`python {' '.join(map(shlex.quote, sys.argv))}` ({time.perf_counter() - start:.0f} s on "
@@ -96,8 +100,8 @@ def main() -> None:
              "default.", ""] + table + [
         "", "## The labelling against the judge", "",
         "The reference's images (VAE reconstructions) in the negated cluster by the judge, and how "
-        "`LocalPosterior` labels them (the same for every power): the concept's images labelled safe are part "
-        "of the safe side, which the correction moves samples to.", ""] + split
+        "`LocalPosterior` labels them (the same for every power, as is the prior b it gives): the concept's "
+        "images labelled safe are part of the safe side, which the correction moves samples to.", ""] + split
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
