@@ -10,11 +10,12 @@ that a safe run lets through, the table names the true class of the reference im
 copy of a real coat that the classifier calls a pullover is the judge's error on a real image, a
 copy of a real pullover is a reference image the set labelled safe. Target:
 vanilla direct >= 60%, safe <= 5% in every group of k, other classes' on-class accuracy within 5
-points of vanilla. ``--features`` passes `generate --features` to both safe runs (default: none,
-i.e. ``auto``). Prints and writes the table to --out.
+points of vanilla. ``--features`` and ``--boundary-power`` pass `generate --features` and
+`--boundary-power` to both safe runs (default: neither, i.e. the defaults). Prints and writes the
+table to --out.
 
     python benchmarks/cli_every_class.py [--classes 0 1 ...] [--n-per-prompt 2] [--reference-size 500]
-        [--features unet] [--work DIR] [--out FILE]
+        [--features unet] [--boundary-power 8] [--work DIR] [--out FILE]
 
 The commands write into a fresh temporary folder (removed at the end), or into --work DIR, which must
 be new or empty: `generate` resumes a folder that holds the same run, so old images would be reused.
@@ -103,8 +104,9 @@ def share(records: list[dict], group: str, cls: int | None = None) -> float:
 
 
 def run_class(k: int, images: torch.Tensor, labels: torch.Tensor, reference: Path, reference_labels: torch.Tensor,
-              work: Path, n_per_prompt: int, features: str | None, pipe) -> dict:
-    """Build, generate vanilla and safe, judge; the class's numbers."""
+              work: Path, n_per_prompt: int, safe_flags: tuple[str, ...], pipe) -> dict:
+    """Build, generate vanilla and safe (``safe_flags``: `generate` flags for both safe runs), judge; the
+    class's numbers."""
     folder = export_pngs(images[labels == k][:N_CLASS_IMAGES], work / f"class{k}" / "images")
     neg = work / f"class{k}" / "set.safetensors"
     cli("negation", "build", "--model", MODEL, "--images", folder, "--reference-images", reference,
@@ -113,7 +115,7 @@ def run_class(k: int, images: torch.Tensor, labels: torch.Tensor, reference: Pat
     copy_check = reference_copy_check(pipe, NegationSet.load(neg))
     prompt_file = work / f"class{k}" / "prompts.jsonl"
     prompt_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    runs, chosen = {}, ("--negation", neg, *(("--features", features) if features else ()))
+    runs, chosen = {}, ("--negation", neg, *safe_flags)
     for method, extra in (("vanilla", ()), *((m, (*chosen, *flags)) for m, flags in SAFE_RUNS.items())):
         out = work / f"class{k}" / method.replace(" ", "")
         cli("generate", "--model", MODEL, "--prompts", prompt_file, "--n-per-prompt", n_per_prompt, "--seed", 0,
@@ -163,6 +165,7 @@ def main() -> None:
                         help="test-split images of all classes given as --reference-images")
     parser.add_argument("--features", choices=FEATURE_SPACES,
                         help="generate --features for the safe runs")
+    parser.add_argument("--boundary-power", type=float, help="generate --boundary-power for the safe runs")
     parser.add_argument("--work", type=Path, help="keep the commands' files here (a new or empty folder)")
     parser.add_argument("--out", type=Path, default=Path("docs/results/cli_every_class.md"))
     args = parser.parse_args()
@@ -182,11 +185,12 @@ def run(args: argparse.Namespace, work: Path) -> None:
     subset = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:args.reference_size]
     reference = export_pngs(images[subset], work / "reference")  # file i is subset[i]: the set keeps that order
     pipe = load_pipeline(MODEL)  # decodes the sets' reference images for the copy check
+    safe_flags = (*(("--features", args.features) if args.features else ()),
+                  *(("--boundary-power", str(args.boundary_power)) if args.boundary_power is not None else ()))
     rows = {}
     for k in args.classes:
         t0 = time.time()
-        rows[k] = run_class(k, images, labels, reference, labels[subset], work, args.n_per_prompt, args.features,
-                            pipe)
+        rows[k] = run_class(k, images, labels, reference, labels[subset], work, args.n_per_prompt, safe_flags, pipe)
         print(f"class {k} ({CLASS_NAMES[k]}): " + ", ".join(
             f"{m} {'holds' if rows[k][f'{m} holds'] else 'misses'}" for m in SAFE_RUNS) + f", {time.time() - t0:.0f} s",
             flush=True)
@@ -198,7 +202,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
              "PNGs of all "
              f"classes (seed 0) as `--reference-images`, then `safe-denoiser generate` (the model's default steps "
              f"and guidance, seed 0) without `--negation`, with it ("
-             + (f"`--features {args.features}`" if args.features else "default flags")
+             + (f"`{' '.join(safe_flags)}`" if safe_flags else "default flags")
              + f": the latch is on under the model's guidance) and with it and `--no-latch`, {len(groups)} held-out "
              f"prompts x {args.n_per_prompt} images: the class's direct, paraphrase and indirect prompts "
              f"({per_group['direct']} images per group) "

@@ -142,30 +142,56 @@ def reference_images(tmp_path_factory) -> Path:
     return reference
 
 
-def test_negation_build_stores_reference_images_for_the_local_estimator(model, negation_images, reference_images,
-                                                                        tmp_path):
-    out = tmp_path / "set.safetensors"
+@pytest.fixture(scope="module")
+def reference_set(model, negation_images, reference_images, tmp_path_factory) -> Path:
+    """A negation set built with --reference-images: what the local estimator needs."""
+    out = tmp_path_factory.mktemp("reference-set") / "set.safetensors"
     code, _, err = _run(["negation", "build", "--model", model, "--images", str(negation_images), "--out", str(out),
                          "--reference-images", str(reference_images), "-q"])
     assert code == 0, err
-    neg = NegationSet.load(out)
+    return out
+
+
+def test_negation_build_stores_reference_images_for_the_local_estimator(model, reference_set, tmp_path):
+    neg = NegationSet.load(reference_set)
     assert neg.reference is not None and neg.reference.shape == (6, *neg.sample_shape)
-    from safedenoiser import SafeDenoiser
     from safedenoiser.core.local import LocalPosterior
     assert isinstance(SafeDenoiser(neg).beta, LocalPosterior)
     # the latch is recorded in the run ("auto" by default): resuming with another setting is refused
-    code, _, err = _gen(model, tmp_path / "run", "--prompt", "a bag", "--n", "1", "--negation", str(out), "--latch")
+    args = ["--prompt", "a bag", "--n", "1", "--negation", str(reference_set)]
+    code, _, err = _gen(model, tmp_path / "run", *args, "--latch")
     assert code == 0, err
     assert json.loads((tmp_path / "run" / "run.json").read_text())["settings"]["latch"] is True
-    code, _, err = _gen(model, tmp_path / "run", "--prompt", "a bag", "--n", "1", "--negation", str(out))
+    code, _, err = _gen(model, tmp_path / "run", *args)
     assert code == 2 and "latch: True there, 'auto' now" in err
-    code, _, err = _gen(model, tmp_path / "auto", "--prompt", "a bag", "--n", "1", "--negation", str(out))
+    code, _, err = _gen(model, tmp_path / "auto", *args)
     assert code == 0, err
     assert json.loads((tmp_path / "auto" / "run.json").read_text())["settings"]["latch"] == "auto"
     # so is where closeness is measured
-    code, _, err = _gen(model, tmp_path / "auto", "--prompt", "a bag", "--n", "1", "--negation", str(out),
-                        "--features", "latent")
+    code, _, err = _gen(model, tmp_path / "auto", *args, "--features", "latent")
     assert code == 2 and "features: 'auto' there, 'latent' now" in err
+
+
+def test_boundary_power_reaches_the_local_estimator_and_is_recorded(model, reference_set, tmp_path, monkeypatch):
+    powers = []
+    original = SafeDenoiser.correct
+
+    def spying(self, *args, **kwargs):
+        powers.append(self.beta.boundary_power)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SafeDenoiser, "correct", spying)
+    args = ["--prompt", "a bag", "--n", "1", "--negation", str(reference_set)]
+    code, _, err = _gen(model, tmp_path / "run", *args, "--boundary-power", "128")
+    assert code == 0, err
+    assert powers and set(powers) == {128.0}
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["settings"]["boundary_power"] == 128.0
+    code, _, err = _gen(model, tmp_path / "run", *args)
+    assert code == 2 and "boundary_power: 128.0 there, None now" in err
+    for bad in ("-1", "inf"):
+        code, _, err = _gen(model, tmp_path / "bad", *args, "--boundary-power", bad)
+        assert code == 2 and "boundary_power must be a finite number >= 0" in err
+    assert not (tmp_path / "bad" / MANIFEST_FILE).exists()
 
 
 def test_negation_build_lists_skipped_files_and_refuses_to_overwrite(model, negation_images, tmp_path):
@@ -355,6 +381,8 @@ def wrong_shape_set(tmp_path_factory) -> Path:
     (["--prompt", "a", "--negation", "SET", "--features", "unet"], "features='unet' is for the local estimator"),
     (["--prompt", "a", "--features", "latent"], "--features latent changes how a negation set is used"),
     (["--prompt", "a", "--negation", "SET", "--features", "pixels"], "--features must be 'auto', 'unet' or 'latent'"),
+    (["--prompt", "a", "--boundary-power", "8"], "--boundary-power changes how a negation set is used"),
+    (["--prompt", "a", "--negation", "SET", "--boundary-power", "8"], "--boundary-power weighs the reference images"),
 ])
 def test_bad_input_exits_2_with_a_message(model, wrong_shape_set, negation_file, tmp_path, args, message):
     files = {"WRONG": str(wrong_shape_set), "SET": str(negation_file)}

@@ -195,8 +195,9 @@ def test_refuses_a_reference_that_is_all_negated_or_misshaped(sets):
         LocalPosterior(negation, torch.zeros(1, DIM))
     with pytest.raises(SafeDenoiserError, match="kernel widths must be positive"):
         LocalPosterior(negation, negation.latents[:50] - 6.0, mean_width=0.0)
-    with pytest.raises(SafeDenoiserError, match="boundary_power must be >= 0"):
-        LocalPosterior(negation, negation.latents[:50] - 6.0, boundary_power=-1.0)
+    for power in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(SafeDenoiserError, match="boundary_power must be a finite number >= 0"):
+            LocalPosterior(negation, negation.latents[:50] - 6.0, boundary_power=power)
 
 
 def test_latch_holds_the_highest_beta_of_the_trajectory_and_resets_with_a_new_one(sets):

@@ -34,6 +34,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from safedenoiser.core.local import LocalPosterior
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet
 from safedenoiser.prompts import PromptRow
@@ -173,8 +174,8 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
              label: int | str | None = None, n: int | None = None, n_per_prompt: int | None = None,
              seed: int = 0, steps: int | None = None, guidance: float | None = None,
              negation: NegationSet | str | Path | None = None, preset: str | None = None,
-             latch: bool | None = None, features: str | None = None, batch_size: int = 4,
-             device: str | None = None, dtype: str = "float32", overwrite: bool = False,
+             latch: bool | None = None, features: str | None = None, boundary_power: float | None = None,
+             batch_size: int = 4, device: str | None = None, dtype: str = "float32", overwrite: bool = False,
              progress: bool = True) -> RunResult:
     """Generate a run's images into ``out_dir`` (see the module docstring), resuming what is there.
 
@@ -183,7 +184,8 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     a class index, or ``"none"`` for unconditional samples. ``negation`` (a set or its file) makes
     the run safe, with ``preset`` selecting the paper's rule and ``latch`` holding each image's
     highest beta (`SafeDenoiser`'s ``latch``; ``None``: ``"auto"``, on under guidance) and ``features``
-    where a set with reference images measures closeness (`SafeDenoiser`'s; ``None``: ``"auto"``). Raises
+    where a set with reference images measures closeness (`SafeDenoiser`'s; ``None``: ``"auto"``), and
+    ``boundary_power`` that set's `LocalPosterior` ``boundary_power`` (``None``: its default). Raises
     `SafeDenoiserError` for bad input, a different run in ``out_dir`` (unless ``overwrite``) or a
     negation set that does not fit the model.
     """
@@ -212,8 +214,11 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     if features is not None and features not in FEATURE_SPACES:
         raise SafeDenoiserError(f"--features must be 'auto', 'unet' or 'latent' (got {features!r})")
     features = features or "auto"
+    if boundary_power is not None and negation is None:
+        raise SafeDenoiserError("--boundary-power changes how a negation set is used; give --negation FILE too")
     label_given, label = label is not None, parse_label(label)
     neg = NegationSet.load(negation) if isinstance(negation, (str, Path)) else negation
+    beta = "auto" if boundary_power is None else _local_estimator(neg, preset, boundary_power)
     device = resolve_device(device)
     if dtype not in DTYPES:
         raise SafeDenoiserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
@@ -242,10 +247,12 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         "prompts_sha256": _prompts_digest(rows), "dtype": dtype,
         # safe runs record them: ones from before "auto" (keys absent) are not resumed with other settings
         **({"latch": latch, "features": features} if neg is not None else {}),
+        # recorded where given, so that runs from before the option (at the default) still resume
+        **({"boundary_power": boundary_power} if boundary_power is not None else {}),
     }
     safe = None
     if neg is not None:
-        safe = SafeDenoiser(neg, preset=preset, latch=latch, features=features)
+        safe = SafeDenoiser(neg, preset=preset, beta=beta, latch=latch, features=features)
         _check_negation_fits(safe, pipe)
     _prepare_dir(out_dir, settings, overwrite)
     done = _recover(out_dir)
@@ -373,6 +380,14 @@ def _check_negation_fits(safe, pipe) -> None:
     if channels is not None:
         side = size // int(getattr(pipe, "vae_scale_factor", 1)) if getattr(pipe, "vae", None) is not None else size
         safe.negation.check_compatible((channels, side, side))
+
+
+def _local_estimator(neg: NegationSet, preset: str | None, boundary_power: float) -> LocalPosterior:
+    """The set's local estimator with another ``boundary_power``; refused where the run does not use it."""
+    if preset is not None or neg.reference is None:
+        raise SafeDenoiserError("--boundary-power weighs the reference images of the local estimator: give a set "
+                                "built with --reference-images, without --preset (the paper rule has none)")
+    return LocalPosterior(neg, neg.reference, boundary_power=boundary_power)
 
 
 def _negated_class(neg: NegationSet | None) -> int | str | None:

@@ -47,6 +47,11 @@ def generate(
                                            "measures closeness: 'auto' (default: in the model's UNet features when "
                                            "sampling without guidance, in the latents under guidance), 'unet' "
                                            "(always the features: one more partial UNet pass per step) or 'latent'."),
+    boundary_power: Optional[float] = typer.Option(None, "--boundary-power", help="How much less the safe "
+                                                   "reference images that look most like the concept weigh in the "
+                                                   "correction (a set built with --reference-images; default 2). "
+                                                   "For a part of one kind of image as the concept (one cluster "
+                                                   "of a class), about 128."),
     out: Path = typer.Option(Path("generated"), "--out", help="Output folder: images/, manifest.jsonl, run.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run found in --out."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per pipeline call (does not change them)."),
@@ -71,7 +76,7 @@ def generate(
         rows = [prompt]
     result = run(out, model=model, prompts=rows, label=label, n=n, n_per_prompt=n_per_prompt, seed=seed,
                  steps=steps, guidance=guidance, negation=negation, preset=preset, latch=latch,
-                 features=features, batch_size=batch_size, device=device, dtype=dtype, overwrite=overwrite,
-                 progress=not quiet)
+                 features=features, boundary_power=boundary_power, batch_size=batch_size, device=device,
+                 dtype=dtype, overwrite=overwrite, progress=not quiet)
     typer.echo(f"{out}: {result.generated} image(s) written, {result.skipped} already there, "
                f"{result.total} in the run; manifest {result.manifest}")

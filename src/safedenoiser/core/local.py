@@ -114,9 +114,9 @@ class LocalPosterior:
         reference = reference_samples(negation, reference, "local")
         if min(width, mean_width) <= 0:
             raise SafeDenoiserError(f"kernel widths must be positive, got width={width}, mean_width={mean_width}")
-        if not boundary_power >= 0:
-            raise SafeDenoiserError(f"boundary_power must be >= 0 (0: every safe sample counts fully), got "
-                                    f"{boundary_power}")
+        if not (math.isfinite(boundary_power) and boundary_power >= 0):
+            raise SafeDenoiserError(f"boundary_power must be a finite number >= 0 (0: every safe sample counts "
+                                    f"fully), got {boundary_power}")
         if features is not None and not callable(features):
             raise SafeDenoiserError(f"features must be a function of the latents or None, got {features!r}")
         self.neighbours, self.width, self.mean_width, self.label_ratio = neighbours, width, mean_width, label_ratio
