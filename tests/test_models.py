@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,6 +178,17 @@ def test_fashion_text_round_trips_through_save_pretrained(text_pipe, tmp_path):
 
 
 # ------------------------------------------------------------------------------------- registry
+
+@pytest.mark.parametrize("model, request_args", [("fashion-text", ["--prompt", "a bag"]),
+                                                   ("fashion-class", ["--label", "8"])])
+def test_a_quiet_command_line_run_on_a_bundled_model_prints_no_library_warnings(model, request_args, tmp_path):
+    """Without accelerate and torchvision, diffusers and transformers warned at every model load."""
+    done = subprocess.run([sys.executable, "-m", "safedenoiser.cli", "generate", "--model", model, *request_args,
+                           "--n", "1", "--steps", "2", "--out", str(tmp_path / "run"), "-q"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+
 
 def test_unknown_model_name_lists_the_bundled_models():
     with pytest.raises(SafeDenoiserError, match="fashion-text, fashion-class"):

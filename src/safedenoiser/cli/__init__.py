@@ -1,5 +1,6 @@
 """The `safe-denoiser` command. Bad input exits with code 2 and a message, never a traceback."""
 
+import logging
 import sys
 
 import typer
@@ -13,6 +14,9 @@ from safedenoiser.errors import SafeDenoiserError
 
 def main() -> None:
     """Entry point: run the app; a `SafeDenoiserError` becomes a message and exit code 2."""
+    # diffusers' pipelines import transformers' image processors (for safety checkers, which ours do not
+    # load); without torchvision transformers warns at each that it falls back to its PIL version
+    logging.getLogger("transformers.utils.import_utils").setLevel(logging.ERROR)
     try:
         app()
     except SafeDenoiserError as err:

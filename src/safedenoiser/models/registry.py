@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -69,13 +70,19 @@ def build_text_pipeline(unet, vae, scheduler, text_encoder=None, tokenizer=None)
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
+def _loading(dtype: torch.dtype) -> dict:
+    """``from_pretrained`` keywords: ``dtype``, and low-memory loading only where `accelerate` is
+    installed (diffusers falls back without it anyway, with a warning at every model it loads)."""
+    return {"dtype": dtype, "low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None}
+
+
 def _from_folder(path: Path, dtype: torch.dtype):
     index = json.loads((path / "model_index.json").read_text())
     class_name = index.get("_class_name")
     if class_name == "FashionClassPipeline":
         from safedenoiser.models.class_pipeline import FashionClassPipeline
 
-        return FashionClassPipeline.from_pretrained(path, dtype=dtype)
+        return FashionClassPipeline.from_pretrained(path, **_loading(dtype))
     text_entry = index.get("text_encoder") or [None, None]
     has_text_weights = any((path / "text_encoder").glob("*.safetensors")) or any(
         (path / "text_encoder").glob("*.bin"))
@@ -93,12 +100,12 @@ def _from_folder(path: Path, dtype: torch.dtype):
         try:
             return StableDiffusionPipeline.from_pretrained(
                 path, text_encoder=text_encoder, tokenizer=tokenizer, safety_checker=None,
-                feature_extractor=None, requires_safety_checker=False, dtype=dtype)
+                feature_extractor=None, requires_safety_checker=False, **_loading(dtype))
         finally:
             diffusers_logging.set_verbosity(level)
     from diffusers import DiffusionPipeline
 
-    return DiffusionPipeline.from_pretrained(path, dtype=dtype)
+    return DiffusionPipeline.from_pretrained(path, **_loading(dtype))
 
 
 def load_pipeline(model: str, device: str | torch.device = "cpu",
@@ -122,7 +129,7 @@ def load_pipeline(model: str, device: str | torch.device = "cpu",
         from diffusers import DiffusionPipeline
 
         try:
-            pipe = DiffusionPipeline.from_pretrained(model, dtype=dtype)
+            pipe = DiffusionPipeline.from_pretrained(model, **_loading(dtype))
         except Exception as err:  # network, missing repo, gated model: all say the same to users
             raise _unknown(model, f"loading it from the Hugging Face Hub failed ({err})") from err
     else:
