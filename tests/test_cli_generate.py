@@ -393,6 +393,24 @@ def test_bad_input_exits_2_with_a_message(model, wrong_shape_set, negation_file,
     assert not (tmp_path / "out" / MANIFEST_FILE).exists()
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--latch"], "latch holds the local estimator's beta"),
+    (["--preset", "sd14-nudity", "--features", "unet"], "features='unet' is for the local estimator"),
+    (["--boundary-power", "8"], "--boundary-power weighs the reference images"),
+])
+def test_flags_that_do_not_go_with_the_set_fail_before_the_model_loads(model, negation_file, tmp_path, monkeypatch,
+                                                                       flags, message):
+    """A hub model takes minutes to load: what the set and the flags alone decide is refused first."""
+    import safedenoiser.generation
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(safedenoiser.generation, "load_pipeline", no_loading)
+    code, _, err = _gen(model, tmp_path / "out", "--prompt", "a", "--negation", str(negation_file), *flags)
+    assert code == 2 and message in err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
 def test_cuda_without_a_gpu_is_named_as_such(model, tmp_path):
     code, _, err = _gen(model, tmp_path / "out", "--prompt", "a", "--device", "cuda")

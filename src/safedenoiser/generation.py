@@ -218,7 +218,10 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         raise SafeDenoiserError("--boundary-power changes how a negation set is used; give --negation FILE too")
     label_given, label = label is not None, parse_label(label)
     neg = NegationSet.load(negation) if isinstance(negation, (str, Path)) else negation
-    beta = "auto" if boundary_power is None else _local_estimator(neg, preset, boundary_power)
+    safe = None  # built before the model loads, so that flags that do not go together fail at once
+    if neg is not None:
+        beta = "auto" if boundary_power is None else _local_estimator(neg, preset, boundary_power)
+        safe = SafeDenoiser(neg, preset=preset, beta=beta, latch=latch, features=features)
     device = resolve_device(device)
     if dtype not in DTYPES:
         raise SafeDenoiserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
@@ -250,9 +253,7 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         # recorded where given, so that runs from before the option (at the default) still resume
         **({"boundary_power": boundary_power} if boundary_power is not None else {}),
     }
-    safe = None
-    if neg is not None:
-        safe = SafeDenoiser(neg, preset=preset, beta=beta, latch=latch, features=features)
+    if safe is not None:
         _check_negation_fits(safe, pipe)
     _prepare_dir(out_dir, settings, overwrite)
     done = _recover(out_dir)
