@@ -103,7 +103,9 @@ SCENARIO_TEXT = {
                    "The class's 1,000 test images are split into two k-means clusters of classifier features; "
                    "the larger is negated (its test images are the negation set). Unsafe: the sample's features "
                    "lie nearest the negated centroid. FD: against the kept cluster's real images. No prompt or "
-                   "class names a cluster, so negative guidance and SLD do not apply."),
+                   "class names a cluster, so negative guidance and SLD do not apply. `safe-ref` and "
+                   "`safe-ref-latch` run at the default `boundary_power`; a part of one class wants a far larger "
+                   "one (`docs/results/class_cluster.md`)."),
     "eval-unconditional": ("Unconditional (`fashion-class`, null label), negate one class",
                            "Negation set: 500 real test-split images of the class. TV others: total-variation "
                            "distance between the other nine classes' proportions (renormalised) and vanilla's. "
