@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from safedenoiser import NegationSet, SafeDenoiser, SafeDenoiserError
-from safedenoiser.core.local import DEFAULT_WIDTH, LocalPosterior
+from safedenoiser import LocalPosterior, NegationSet, SafeDenoiser, SafeDenoiserError
+from safedenoiser.core.local import DEFAULT_WIDTH
 from safedenoiser.core.safe_denoiser import held_safe_denoise, local_safe_denoise, safe_denoise
 
 DIM = 64
