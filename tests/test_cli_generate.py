@@ -134,6 +134,22 @@ def test_negation_inspect_shows_what_the_set_holds(negation_file):
     assert "3 image(s), latents (4, 8, 8)" in out and "reference: none" in out and "negated_class: 3" in out
 
 
+@pytest.mark.parametrize("concept_share, advice", [(0.0, False), (0.5, True)])
+def test_negation_inspect_says_how_much_of_the_reference_is_the_concept(tmp_path, concept_share, advice):
+    """A reference that is largely the concept (a part of one kind of image) gets the --boundary-power advice."""
+    gen = torch.Generator().manual_seed(0)
+    concept = lambda n: 2.0 + 0.3 * torch.randn(n, 4, 8, 8, generator=gen)  # noqa: E731
+    n_concept = int(40 * concept_share)
+    reference = torch.cat([concept(n_concept), -2.0 + 0.3 * torch.randn(40 - n_concept, 4, 8, 8, generator=gen)])
+    path = tmp_path / "set.safetensors"
+    NegationSet(concept(60), reference=reference).save(path)
+    code, out, err = _run(["negation", "inspect", str(path)])
+    assert code == 0, err
+    assert (f"reference: 40 image(s) (the local estimator); {n_concept} ({concept_share:.0%}) lie in the set's "
+            "region") in out
+    assert ("consider `generate --boundary-power 128`" in out) == advice
+
+
 @pytest.fixture(scope="module")
 def reference_images(tmp_path_factory) -> Path:
     reference = tmp_path_factory.mktemp("reference")

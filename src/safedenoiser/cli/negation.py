@@ -124,8 +124,24 @@ def inspect(path: Path = typer.Argument(..., help="A negation set (.safetensors 
     from safedenoiser.negation import NegationSet
 
     neg = NegationSet.load(path)
-    reference = "none" if neg.reference is None else f"{len(neg.reference)} image(s) (the local estimator)"
     typer.echo(f"{path}: {len(neg)} image(s), latents {tuple(neg.sample_shape)}, fingerprint {neg.fingerprint}\n"
-               f"  reference: {reference}\n  bandwidth: {neg.bandwidth:.4g}")
+               f"  reference: {_reference_summary(neg)}\n  bandwidth: {neg.bandwidth:.4g}")
     for key, value in sorted(neg.metadata.items()):
         typer.echo(f"  {key}: {value}")
+
+
+def _reference_summary(neg) -> str:
+    """The reference images and how many of them the local estimator labels as the concept (in the latents,
+    as under guidance), with `generate --boundary-power` advice where they are a large part of it."""
+    if neg.reference is None:
+        return "none"
+    from safedenoiser.core.local import LARGE_PRIOR, LARGE_PRIOR_BOUNDARY_POWER, LocalPosterior
+
+    negated = LocalPosterior(neg, neg.reference).negated_reference
+    share = float(negated.double().mean())
+    summary = (f"{len(neg.reference)} image(s) (the local estimator); {int(negated.sum())} ({share:.0%}) lie in "
+               "the set's region")
+    if share >= LARGE_PRIOR:
+        summary += (f"\n  the concept is a large part of the reference (a part of one kind of image?): consider "
+                    f"`generate --boundary-power {LARGE_PRIOR_BOUNDARY_POWER:g}` (README, 'Choosing beta')")
+    return summary
