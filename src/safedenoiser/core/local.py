@@ -60,10 +60,6 @@ DEFAULT_WIDTH = 0.3
 DEFAULT_MEAN_WIDTH = 0.1
 DEFAULT_LABEL_RATIO = 1.0
 DEFAULT_BOUNDARY_POWER = 2.0
-# a prior b from here on: the concept is a large part of the reference (one cluster of a class: bags 0.43,
-# against at most 0.35 for a class among ten), where boundary_power 128 helps (benchmarks/class_cluster.py)
-LARGE_PRIOR = 0.4
-LARGE_PRIOR_BOUNDARY_POWER = 128.0
 
 
 def boundary_weight(relative_ratio: Tensor, power: float) -> Tensor:
@@ -97,10 +93,10 @@ class LocalPosterior:
     images on the safe side (benchmarks/model_estimators.py ``--label-neighbours``). ``boundary_power``
     sets how much less the safe samples near the labelling threshold weigh in ``D_safe`` (`boundary_weight`;
     0: all alike); it does not change the labels or beta. Where the concept is a large part of the reference
-    (a part of one class: ``prior`` near ``LARGE_PRIOR`` or above), some of its own images are labelled
-    safe and lie next to it, and a far larger power (``LARGE_PRIOR_BOUNDARY_POWER``) keeps the correction
-    off them; where it is one kind among many, such powers move benign samples to far safe images
-    (benchmarks/class_cluster.py, benchmarks/model_estimators.py ``--boundary-powers``).
+    (a part of one class: ``prior`` near 0.4 or above), some of its own images are labelled safe and lie
+    next to it, and a far larger power (128) keeps the correction off them; where it is one kind among
+    many, such powers move benign samples to far safe images (benchmarks/class_cluster.py,
+    benchmarks/model_estimators.py ``--boundary-powers``).
 
     ``features``: ``None`` (default) measures distances in the latents, a function ``phi`` (latents
     [N, *sample_shape] -> [N, F]) in its features; `with_features` gives the same estimator in others.
