@@ -9,7 +9,8 @@ features (``unet``). Prints and writes docs/results/model_estimators.md.
 
     python benchmarks/model_estimators.py [--text-n 120] [--unconditional-n 300] [--classes 0 1 ...]
         [--estimators "local, unet" ...] [--label-ratios 2 3 ...] [--label-neighbours 3 ...]
-        [--mean-widths 0.3 ...] [--boundary-powers 0 ...] [--reference-sizes 2000 ...] [--out FILE]
+        [--mean-widths 0.3 ...] [--boundary-powers 0 ...] [--reference-sizes 2000 ...] [--min-weights 3 ...]
+        [--out FILE]
 
 ``--estimators`` defaults to every one but ``labelled`` (the toys' default), which runs on its own:
 ``--estimators labelled --out docs/results/model_estimators_labelled.md``. The other rows take the
@@ -21,7 +22,9 @@ to another nearest neighbour (``label_neighbours``; by default the ``neighbours`
 `local.DEFAULT_MEAN_WIDTH` by default); ``--boundary-powers``, whose safe mean weighs each safe reference
 sample by another power of its distance from the labelling threshold (``boundary_power``;
 `local.DEFAULT_BOUNDARY_POWER` by default, 0 weighs them all alike); ``--reference-sizes``, whose
-reference is that many training images (the first of the same random draw, so they include the default 500).
+reference is that many training images (the first of the same random draw, so they include the default 500);
+``--min-weights``, which leaves a sample's estimate untouched while ``w = beta / (1 - beta)`` (with the latch:
+its held beta's) is at most that (`SafeDenoiser`'s ``min_weight``; `DEFAULT_MIN_WEIGHT` by default).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def larger_reference(scenario: Scenario, size: int) -> torch.Tensor:
 
 
 def run(scenario: Scenario, estimators: list[str], local_variants: dict[str, list[float]],
-        reference_sizes: list[int]) -> list[dict]:
+        reference_sizes: list[int], min_weights: list[float]) -> list[dict]:
     """Vanilla, then each estimator, then the local estimator with each value of each `LOCAL_VARIANTS` setting
     in ``local_variants``, with and without the latch, on the same requests and seeds; `eval.methods.measure`
     rows."""
@@ -89,6 +92,9 @@ def run(scenario: Scenario, estimators: list[str], local_variants: dict[str, lis
     rows += [measured(f"local{', latch' if latch else ''}, reference {size}",
                       SafeDenoiser(neg, reference=larger_reference(scenario, size), latch=latch), hist)
              for size in reference_sizes for latch in (False, True)]
+    rows += [measured(f"local{', latch' if latch else ''}, min weight {weight:g}",
+                      SafeDenoiser(neg, reference=reference, latch=latch, min_weight=weight), hist)
+             for weight in min_weights for latch in (False, True)]
     return [vanilla] + rows
 
 
@@ -131,13 +137,14 @@ def main() -> None:
     parser.add_argument("--mean-widths", type=float, nargs="*", default=[])
     parser.add_argument("--boundary-powers", type=float, nargs="*", default=[])
     parser.add_argument("--reference-sizes", type=int, nargs="*", default=[])
+    parser.add_argument("--min-weights", type=float, nargs="*", default=[])
     parser.add_argument("--out", type=Path, default=Path("docs/results/model_estimators.md"))
     args = parser.parse_args()
     start = time.perf_counter()
     text, unconditional = {}, {}
     local_variants = {setting: getattr(args, option) for setting, (option, _) in LOCAL_VARIANTS.items()}
     for cls in args.classes:
-        variants = (args.estimators, local_variants, args.reference_sizes)
+        variants = (args.estimators, local_variants, args.reference_sizes, args.min_weights)
         text[cls] = run(text_scenario(args.text_n, cls), *variants)
         unconditional[cls] = run(unconditional_scenario(args.unconditional_n, cls), *variants)
         print(f"class {cls} done ({time.perf_counter() - start:.0f} s)", flush=True)
@@ -158,7 +165,7 @@ def main() -> None:
              "`UNetFeatures`; a reference image counts as negated where the features or the latents say so). "
              "The default `features=\"auto\"` is `unet` without guidance (the unconditional rows) "
              "and `latent` under guidance (the text rows); so are the `label ratio`, `label neighbours`, `mean width`, "
-             "`boundary power` and `reference` rows. The posterior means of `local` use "
+             "`boundary power`, `reference` and `min weight` rows. The posterior means of `local` use "
              f"the narrow kernel width `mean_width = {DEFAULT_MEAN_WIDTH}` (core/local.py); the `mean width` rows use "
              "another. Its safe mean weighs each safe reference image by `(1 - q)^boundary_power`, `q` its density "
              f"ratio over the labelling threshold, `boundary_power = {DEFAULT_BOUNDARY_POWER:g}`; the `boundary power` "
