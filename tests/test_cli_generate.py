@@ -186,25 +186,30 @@ def test_negation_build_stores_reference_images_for_the_local_estimator(model, r
     assert code == 2 and "features: 'auto' there, 'latent' now" in err
 
 
-def test_boundary_power_reaches_the_local_estimator_and_is_recorded(model, reference_set, tmp_path, monkeypatch):
-    powers = []
+@pytest.mark.parametrize("flag, value, read, setting", [
+    ("--boundary-power", "128", lambda safe: safe.beta.boundary_power, "boundary_power"),
+    ("--min-weight", "3", lambda safe: safe.min_weight, "min_weight"),
+])
+def test_estimator_settings_reach_the_safe_denoiser_and_are_recorded(model, reference_set, tmp_path, monkeypatch,
+                                                                    flag, value, read, setting):
+    used = []
     original = SafeDenoiser.correct
 
     def spying(self, *args, **kwargs):
-        powers.append(self.beta.boundary_power)
+        used.append(read(self))
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(SafeDenoiser, "correct", spying)
     args = ["--prompt", "a bag", "--n", "1", "--negation", str(reference_set)]
-    code, _, err = _gen(model, tmp_path / "run", *args, "--boundary-power", "128")
+    code, _, err = _gen(model, tmp_path / "run", *args, flag, value)
     assert code == 0, err
-    assert powers and set(powers) == {128.0}
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["settings"]["boundary_power"] == 128.0
+    assert used and set(used) == {float(value)}
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["settings"][setting] == float(value)
     code, _, err = _gen(model, tmp_path / "run", *args)
-    assert code == 2 and "boundary_power: 128.0 there, None now" in err
+    assert code == 2 and f"{setting}: {float(value)} there, None now" in err
     for bad in ("-1", "inf"):
-        code, _, err = _gen(model, tmp_path / "bad", *args, "--boundary-power", bad)
-        assert code == 2 and "boundary_power must be a finite number >= 0" in err
+        code, _, err = _gen(model, tmp_path / "bad", *args, flag, bad)
+        assert code == 2 and f"{setting} must be a finite number >= 0" in err
     assert not (tmp_path / "bad" / MANIFEST_FILE).exists()
 
 
@@ -396,6 +401,7 @@ def wrong_shape_set(tmp_path_factory) -> Path:
     (["--prompt", "a", "--features", "latent"], "--features latent changes how a negation set is used"),
     (["--prompt", "a", "--negation", "SET", "--features", "pixels"], "--features must be 'auto', 'unet' or 'latent'"),
     (["--prompt", "a", "--boundary-power", "8"], "--boundary-power changes how a negation set is used"),
+    (["--prompt", "a", "--min-weight", "3"], "--min-weight changes how a negation set is used"),
     (["--prompt", "a", "--negation", "SET", "--boundary-power", "8"], "--boundary-power weighs the reference images"),
 ])
 def test_bad_input_exits_2_with_a_message(model, wrong_shape_set, negation_file, tmp_path, args, message):

@@ -221,6 +221,28 @@ def test_latch_holds_the_highest_beta_of_the_trajectory_and_resets_with_a_new_on
     assert (latched.correct(safe_d[:1], 0.9, 0.3, safe_d[:1]).beta < 0.01).all()
 
 
+def test_with_the_latch_min_weight_leaves_a_sample_alone_until_its_held_beta_passes_it(sets):
+    negation, reference = sets
+
+    class Fixed(LocalPosterior):
+        """The local estimator's means with betas 0.6 and 0.9."""
+
+        def __call__(self, d):
+            _, d_unsafe, d_safe = super().__call__(d)
+            return torch.tensor([0.6, 0.9]).to(d), d_unsafe, d_safe
+
+    d = _cluster(2, 0.0, torch.Generator().manual_seed(7))
+    picky = SafeDenoiser(negation, beta=Fixed(negation, reference), latch=True, min_weight=3.0)  # beta > 0.75
+    out = picky.correct(d, 0.9, 0.3, d)
+    assert out.acted.tolist() == [False, True]
+    assert torch.equal(out.x0[0], d[0]) and not torch.equal(out.x0[1], d[1])
+    every = SafeDenoiser(negation, beta=Fixed(negation, reference), latch=True)
+    assert every.correct(d, 0.9, 0.3, d).acted.tolist() == [True, True]
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(SafeDenoiserError, match="min_weight must be a finite number >= 0"):
+            SafeDenoiser(negation, reference=reference, min_weight=bad)
+
+
 def test_latch_by_default_only_under_guidance(sets):
     negation, reference = sets
     gen = torch.Generator().manual_seed(6)

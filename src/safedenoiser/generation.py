@@ -175,8 +175,8 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
              seed: int = 0, steps: int | None = None, guidance: float | None = None,
              negation: NegationSet | str | Path | None = None, preset: str | None = None,
              latch: bool | None = None, features: str | None = None, boundary_power: float | None = None,
-             batch_size: int = 4, device: str | None = None, dtype: str = "float32", overwrite: bool = False,
-             progress: bool = True) -> RunResult:
+             min_weight: float | None = None, batch_size: int = 4, device: str | None = None,
+             dtype: str = "float32", overwrite: bool = False, progress: bool = True) -> RunResult:
     """Generate a run's images into ``out_dir`` (see the module docstring), resuming what is there.
 
     ``model`` is a bundled name, a local diffusers folder or a hub id; pass ``pipe`` to reuse a
@@ -185,7 +185,8 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     the run safe, with ``preset`` selecting the paper's rule and ``latch`` holding each image's
     highest beta (`SafeDenoiser`'s ``latch``; ``None``: ``"auto"``, on under guidance) and ``features``
     where a set with reference images measures closeness (`SafeDenoiser`'s; ``None``: ``"auto"``), and
-    ``boundary_power`` that set's `LocalPosterior` ``boundary_power`` (``None``: its default). Raises
+    ``boundary_power`` that set's `LocalPosterior` ``boundary_power`` and ``min_weight`` `SafeDenoiser`'s
+    (``None``: their defaults). Raises
     `SafeDenoiserError` for bad input, a different run in ``out_dir`` (unless ``overwrite``) or a
     negation set that does not fit the model.
     """
@@ -209,19 +210,21 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     latch = "auto" if latch is None else latch
     if features is not None and negation is None:
         raise SafeDenoiserError(f"--features {features} changes how a negation set is used; give --negation FILE too")
-    from safedenoiser.core.safe_denoiser import FEATURE_SPACES, SafeDenoiser
+    from safedenoiser.core.safe_denoiser import DEFAULT_MIN_WEIGHT, FEATURE_SPACES, SafeDenoiser
 
     if features is not None and features not in FEATURE_SPACES:
         raise SafeDenoiserError(f"--features must be 'auto', 'unet' or 'latent' (got {features!r})")
     features = features or "auto"
-    if boundary_power is not None and negation is None:
-        raise SafeDenoiserError("--boundary-power changes how a negation set is used; give --negation FILE too")
+    for flag, value in (("--boundary-power", boundary_power), ("--min-weight", min_weight)):
+        if value is not None and negation is None:
+            raise SafeDenoiserError(f"{flag} changes how a negation set is used; give --negation FILE too")
     label_given, label = label is not None, parse_label(label)
     neg = NegationSet.load(negation) if isinstance(negation, (str, Path)) else negation
     safe = None  # built before the model loads, so that flags that do not go together fail at once
     if neg is not None:
         beta = "auto" if boundary_power is None else _local_estimator(neg, preset, boundary_power)
-        safe = SafeDenoiser(neg, preset=preset, beta=beta, latch=latch, features=features)
+        safe = SafeDenoiser(neg, preset=preset, beta=beta, latch=latch, features=features,
+                            min_weight=DEFAULT_MIN_WEIGHT if min_weight is None else min_weight)
     device = resolve_device(device)
     if dtype not in DTYPES:
         raise SafeDenoiserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
@@ -250,8 +253,9 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         "prompts_sha256": _prompts_digest(rows), "dtype": dtype,
         # safe runs record them: ones from before "auto" (keys absent) are not resumed with other settings
         **({"latch": latch, "features": features} if neg is not None else {}),
-        # recorded where given, so that runs from before the option (at the default) still resume
-        **({"boundary_power": boundary_power} if boundary_power is not None else {}),
+        # recorded where given, so that runs from before these options (at their defaults) still resume
+        **{key: value for key, value in (("boundary_power", boundary_power), ("min_weight", min_weight))
+           if value is not None},
     }
     if safe is not None:
         _check_negation_fits(safe, pipe)

@@ -52,6 +52,10 @@ def generate(
                                                    "correction (a set built with --reference-images; default 2). "
                                                    "For a part of one kind of image as the concept (one cluster "
                                                    "of a class), about 128."),
+    min_weight: Optional[float] = typer.Option(None, "--min-weight", help="Leave an image's estimate untouched "
+                                               "while w = beta / (1 - beta) is at most this (with the latch: of its "
+                                               "held beta). 3 acts once beta passes 0.75: fewer changes to benign "
+                                               "images, more prompts for the concept let through."),
     out: Path = typer.Option(Path("generated"), "--out", help="Output folder: images/, manifest.jsonl, run.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run found in --out."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per pipeline call (does not change them)."),
@@ -76,7 +80,7 @@ def generate(
         rows = [prompt]
     result = run(out, model=model, prompts=rows, label=label, n=n, n_per_prompt=n_per_prompt, seed=seed,
                  steps=steps, guidance=guidance, negation=negation, preset=preset, latch=latch,
-                 features=features, boundary_power=boundary_power, batch_size=batch_size, device=device,
-                 dtype=dtype, overwrite=overwrite, progress=not quiet)
+                 features=features, boundary_power=boundary_power, min_weight=min_weight, batch_size=batch_size,
+                 device=device, dtype=dtype, overwrite=overwrite, progress=not quiet)
     typer.echo(f"{out}: {result.generated} image(s) written, {result.skipped} already there, "
                f"{result.total} in the run; manifest {result.manifest}")

@@ -10,6 +10,7 @@ denoiser into the safe one, and `SafeDenoiser.attach` does the same inside a dif
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
@@ -128,7 +129,10 @@ class SafeDenoiser:
         max_weight: cap on ``w = beta / (1 - beta)``, what happens as ``beta -> 1``; ``None`` takes
             the estimator's own (``KernelGateBeta.max_weight``, else 20). The local estimator needs
             none: its correction ``beta (D_safe - D_unsafe)`` is bounded.
-        min_weight: below this ``w`` the model's output passes through untouched (bit for bit).
+        min_weight: at or below this ``w`` the model's output passes through untouched (bit for bit);
+            with the latch, ``w`` of the held beta: 3 leaves a sample alone until its beta passes 0.75,
+            which spares benign samples that only brush the concept (benchmarks/model_estimators.py
+            ``--min-weights``).
         latch: with the local estimator, keep each sample's beta at its maximum so far along the
             trajectory (`latched_beta`) and correct with `held_safe_denoise`: for concepts that strong
             guidance redraws late; it costs benign samples near the negated concept, and a sample it
@@ -159,8 +163,8 @@ class SafeDenoiser:
             raise SafeDenoiserError(f"features must be 'auto', 'unet' or 'latent', got {features!r}")
         if max_weight is not None and not max_weight > 0:
             raise SafeDenoiserError(f"max_weight caps w = beta / (1 - beta): it must be positive, got {max_weight}")
-        if not min_weight >= 0:
-            raise SafeDenoiserError(f"min_weight must be >= 0, got {min_weight}")
+        if not (math.isfinite(min_weight) and min_weight >= 0):
+            raise SafeDenoiserError(f"min_weight must be a finite number >= 0, got {min_weight}")
         self.negation = negation
         self.latch, self.features = latch, features
         self._unet_features: UNetFeatures | None = None  # of the pipeline `bind` last saw
