@@ -10,12 +10,12 @@ that a safe run lets through, the table names the true class of the reference im
 copy of a real coat that the classifier calls a pullover is the judge's error on a real image, a
 copy of a real pullover is a reference image the set labelled safe. Target:
 vanilla direct >= 60%, safe <= 5% in every group of k, other classes' on-class accuracy within 5
-points of vanilla. ``--features`` and ``--boundary-power`` pass `generate --features` and
-`--boundary-power` to both safe runs (default: neither, i.e. the defaults). Prints and writes the
+points of vanilla. ``--features``, ``--boundary-power`` and ``--min-weight`` pass the `generate`
+flags of those names to both safe runs (default: none, i.e. the defaults). Prints and writes the
 table to --out.
 
     python benchmarks/cli_every_class.py [--classes 0 1 ...] [--n-per-prompt 2] [--reference-size 500]
-        [--features unet] [--boundary-power 8] [--work DIR] [--out FILE]
+        [--features unet] [--boundary-power 8] [--min-weight 3] [--work DIR] [--out FILE]
 
 The commands write into a fresh temporary folder (removed at the end), or into --work DIR, which must
 be new or empty: `generate` resumes a folder that holds the same run, so old images would be reused.
@@ -166,6 +166,7 @@ def main() -> None:
     parser.add_argument("--features", choices=FEATURE_SPACES,
                         help="generate --features for the safe runs")
     parser.add_argument("--boundary-power", type=float, help="generate --boundary-power for the safe runs")
+    parser.add_argument("--min-weight", type=float, help="generate --min-weight for the safe runs")
     parser.add_argument("--work", type=Path, help="keep the commands' files here (a new or empty folder)")
     parser.add_argument("--out", type=Path, default=Path("docs/results/cli_every_class.md"))
     args = parser.parse_args()
@@ -185,8 +186,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
     subset = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:args.reference_size]
     reference = export_pngs(images[subset], work / "reference")  # file i is subset[i]: the set keeps that order
     pipe = load_pipeline(MODEL)  # decodes the sets' reference images for the copy check
-    safe_flags = (*(("--features", args.features) if args.features else ()),
-                  *(("--boundary-power", str(args.boundary_power)) if args.boundary_power is not None else ()))
+    given = {"--features": args.features, "--boundary-power": args.boundary_power, "--min-weight": args.min_weight}
+    safe_flags = tuple(part for flag, value in given.items() if value is not None for part in (flag, str(value)))
     rows = {}
     for k in args.classes:
         t0 = time.time()

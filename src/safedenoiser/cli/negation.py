@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from safedenoiser.cli.app import app, hide_loading_bars
 from safedenoiser.cli.outputs import refuse_replacing_file
 from safedenoiser.errors import SafeDenoiserError
+
+if TYPE_CHECKING:
+    from safedenoiser.negation import NegationSet
 
 negation_app = typer.Typer(help="Build and inspect negation sets (the images to stay away from).",
                            no_args_is_help=True)
@@ -130,7 +133,7 @@ def inspect(path: Path = typer.Argument(..., help="A negation set (.safetensors 
         typer.echo(f"  {key}: {value}")
 
 
-def _reference_summary(neg) -> str:
+def _reference_summary(neg: NegationSet) -> str:
     """The reference images, and how many of them the local estimator labels as the concept (in the latents,
     as under guidance): about 10-35% for a class among ten, more for a part of one class (README, "Choosing
     beta", on ``boundary_power``)."""
