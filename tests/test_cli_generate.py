@@ -402,7 +402,6 @@ def wrong_shape_set(tmp_path_factory) -> Path:
     (["--prompt", "a", "--negation", "SET", "--features", "pixels"], "--features must be 'auto', 'unet' or 'latent'"),
     (["--prompt", "a", "--boundary-power", "8"], "--boundary-power changes how a negation set is used"),
     (["--prompt", "a", "--min-weight", "3"], "--min-weight changes how a negation set is used"),
-    (["--prompt", "a", "--negation", "SET", "--boundary-power", "8"], "--boundary-power weighs the reference images"),
 ])
 def test_bad_input_exits_2_with_a_message(model, wrong_shape_set, negation_file, tmp_path, args, message):
     files = {"WRONG": str(wrong_shape_set), "SET": str(negation_file)}
