@@ -1,5 +1,5 @@
-"""Other pipeline families: pixel-space DDPM/DDIM, SD3 (flow matching, VAE with shift), DiT
-(learned variance, class labels), and a user's own canonical loop; and `encode_images`."""
+"""Other pipeline families: pixel-space DDPM/DDIM, SD3 (flow matching, VAE with shift), SDXL (added
+conditions, Euler), DiT (learned variance, class labels), and a user's own canonical loop; and `encode_images`."""
 
 from __future__ import annotations
 
@@ -135,6 +135,50 @@ def test_sd3_flow_matching_pipeline():
     assert not torch.equal(vanilla, with_safe(safe, pipe, go))
     assert sum(r.acted for r in safe.trace) > 0
     assert all(abs(r.alpha + r.sigma - 1) < 1e-6 for r in safe.trace)  # flow levels
+
+
+def sdxl_pipe():
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
+                                out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT_DIM,
+                                norm_num_groups=4, attention_head_dim=4, addition_embed_type="text_time",
+                                addition_time_embed_dim=4, projection_class_embeddings_input_dim=16 + 6 * 4).eval()
+    scheduler = EulerDiscreteScheduler(**{k: SD_SCHEDULER[k] for k in ("beta_start", "beta_end", "beta_schedule",
+                                                                        "steps_offset")})
+    pipe = StableDiffusionXLPipeline(unet=unet, vae=tiny_vae(), scheduler=scheduler, text_encoder=None,
+                                     text_encoder_2=None, tokenizer=None, tokenizer_2=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_sdxl_pipeline_with_added_conditions_and_auto_latch():
+    pipe = sdxl_pipe()
+    g = torch.Generator().manual_seed(1)
+    kw = dict(prompt_embeds=torch.randn(2, 6, TEXT_DIM, generator=g),
+              negative_prompt_embeds=torch.randn(2, 6, TEXT_DIM, generator=g),
+              pooled_prompt_embeds=torch.randn(2, 16, generator=g),
+              negative_pooled_prompt_embeds=torch.randn(2, 16, generator=g),
+              num_inference_steps=4, guidance_scale=5.0, output_type="latent", height=16, width=16)
+
+    def go():
+        return pipe(**kw, generator=torch.Generator().manual_seed(0)).images
+
+    vanilla = go()
+    assert vanilla.shape == (2, 4, 8, 8)
+    assert torch.equal(vanilla, with_safe(SafeDenoiser(far((4, 8, 8))), pipe, go))
+    reference = torch.randn(12, 4, 8, 8, generator=torch.Generator().manual_seed(2)) - 5.0
+    safe = SafeDenoiser(near(vanilla), reference=reference)
+    assert not torch.equal(vanilla, with_safe(safe, pipe, go))
+    assert sum(r.acted for r in safe.trace) > 0
+    assert all(r.latched for r in safe.trace)  # the pipeline guides, so the default latch holds beta
+    # unguided, "auto" would measure in the UNet's features, which need SDXL's added conditions: latents
+    kw["guidance_scale"] = 1.0
+    safe = SafeDenoiser(near(go()), reference=reference)
+    with_safe(safe, pipe, go)
+    assert sum(r.acted for r in safe.trace) > 0 and not any(r.latched for r in safe.trace)
 
 
 def test_dit_pipeline_far_set_is_bit_identical_and_sees_the_guided_batch():
