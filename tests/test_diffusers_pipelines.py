@@ -100,6 +100,17 @@ def test_auto_latch_follows_the_pipelines_guidance(sd_pipe, guidance, latch, lat
     assert len(safe.trace) == 3 and all(r.latched is latched for r in safe.trace)
 
 
+def embedded_prompts(pipe, guidance_scale: float):
+    """``go()`` for a pipeline fed prompt embeddings (SD3, SDXL): two prompts, 4 steps, latents out."""
+    g = torch.Generator().manual_seed(1)
+    kw = dict(prompt_embeds=torch.randn(2, 6, TEXT_DIM, generator=g),
+              negative_prompt_embeds=torch.randn(2, 6, TEXT_DIM, generator=g),
+              pooled_prompt_embeds=torch.randn(2, 16, generator=g),
+              negative_pooled_prompt_embeds=torch.randn(2, 16, generator=g),
+              num_inference_steps=4, guidance_scale=guidance_scale, output_type="latent", height=16, width=16)
+    return lambda: pipe(**kw, generator=torch.Generator().manual_seed(0)).images
+
+
 def sd3_pipe():
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
@@ -117,16 +128,7 @@ def sd3_pipe():
 
 def test_sd3_flow_matching_pipeline():
     pipe = sd3_pipe()
-    g = torch.Generator().manual_seed(1)
-    kw = dict(prompt_embeds=torch.randn(2, 6, TEXT_DIM, generator=g),
-              negative_prompt_embeds=torch.randn(2, 6, TEXT_DIM, generator=g),
-              pooled_prompt_embeds=torch.randn(2, 16, generator=g),
-              negative_pooled_prompt_embeds=torch.randn(2, 16, generator=g),
-              num_inference_steps=4, guidance_scale=3.0, output_type="latent", height=16, width=16)
-
-    def go():
-        return pipe(**kw, generator=torch.Generator().manual_seed(0)).images
-
+    go = embedded_prompts(pipe, 3.0)
     vanilla = go()
     assert vanilla.shape == (2, 4, 8, 8)
     assert torch.equal(vanilla, with_safe(SafeDenoiser(far((4, 8, 8))), pipe, go))
@@ -156,16 +158,7 @@ def sdxl_pipe():
 
 def test_sdxl_pipeline_with_added_conditions_and_auto_latch():
     pipe = sdxl_pipe()
-    g = torch.Generator().manual_seed(1)
-    kw = dict(prompt_embeds=torch.randn(2, 6, TEXT_DIM, generator=g),
-              negative_prompt_embeds=torch.randn(2, 6, TEXT_DIM, generator=g),
-              pooled_prompt_embeds=torch.randn(2, 16, generator=g),
-              negative_pooled_prompt_embeds=torch.randn(2, 16, generator=g),
-              num_inference_steps=4, guidance_scale=5.0, output_type="latent", height=16, width=16)
-
-    def go():
-        return pipe(**kw, generator=torch.Generator().manual_seed(0)).images
-
+    go = embedded_prompts(pipe, 5.0)
     vanilla = go()
     assert vanilla.shape == (2, 4, 8, 8)
     assert torch.equal(vanilla, with_safe(SafeDenoiser(far((4, 8, 8))), pipe, go))
@@ -175,7 +168,7 @@ def test_sdxl_pipeline_with_added_conditions_and_auto_latch():
     assert sum(r.acted for r in safe.trace) > 0
     assert all(r.latched for r in safe.trace)  # the pipeline guides, so the default latch holds beta
     # unguided, "auto" would measure in the UNet's features, which need SDXL's added conditions: latents
-    kw["guidance_scale"] = 1.0
+    go = embedded_prompts(pipe, 1.0)
     safe = SafeDenoiser(near(go()), reference=reference)
     with_safe(safe, pipe, go)
     assert sum(r.acted for r in safe.trace) > 0 and not any(r.latched for r in safe.trace)
