@@ -135,7 +135,8 @@ def run_class(k: int, images: torch.Tensor, labels: torch.Tensor, reference: Pat
 
 def table(rows: dict[int, dict]) -> list[str]:
     lines = ["| class | vanilla direct / para / indirect | run | safe direct / para / indirect | others vanilla | "
-             "others safe | Δ points | safe confidence (unsafe prompts) | copies of a reference image (unsafe prompts) "
+             "others safe | Δ points | safe confidence (unsafe prompts) "
+             "| copies of a reference image (unsafe prompts) "
              "| let through: true class of the copied reference | target |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, r in rows.items():

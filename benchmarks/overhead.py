@@ -85,7 +85,8 @@ def main() -> None:
             median_time(lambda: local.correct(x_t, ALPHA, SIGMA, x0_hat), args.repeats),
         f"SafeDenoiser.correct (reference={REFERENCE_SIZE} latents, beta='hybrid')":
             median_time(lambda: hybrid.correct(x_t, ALPHA, SIGMA, x0_hat), args.repeats),
-        "SafeDenoiser.correct (sd14-nudity preset)": median_time(lambda: paper.correct(x_t, ALPHA, SIGMA, x0_hat), args.repeats),
+        "SafeDenoiser.correct (sd14-nudity preset)": median_time(lambda: paper.correct(x_t, ALPHA, SIGMA, x0_hat),
+                                                                 args.repeats),
         "authors' formula, [B, M, D] materialised": median_time(lambda: authors_formula(flat_x, flat_y), args.repeats),
         MATMUL_ROWS: median_time(lambda: flat_x @ flat_y.T, args.repeats),
         MATMUL_COLUMNS: median_time(lambda: flat_x @ flat_y_columns, args.repeats),

@@ -112,7 +112,8 @@ SCENARIO_TEXT = {
                            "FD: against real test images of the other classes."),
     "eval-memorization": ("Memorisation",
                           "A copy of `fashion-class` fine-tuned so that it reproduces a few training images of "
-                          "one class (800 steps, each batch 3/4 those 8 images and 1/4 other training images of the class). "
+                          "one class (800 steps, each batch 3/4 those 8 images and 1/4 other training images of the "
+                          "class). "
                           "Those images (VAE-encoded) are the negation set. Near copy: RMS pixel distance to a "
                           "protected image below half the smallest distance of any real test image of the class."),
 }
@@ -148,7 +149,8 @@ def target_lines(results: dict) -> list[str]:
                 checks.append((r[key] < best[0], f"{kind} {100 * r[key]:.1f}% vs best baseline {best[1]} "
                                                  f"{100 * best[0]:.1f}%"))
             acc = r["accuracy"] >= vanilla["accuracy"] - 0.03
-            checks.append((acc, f"benign accuracy {100 * r['accuracy']:.1f}% vs vanilla {100 * vanilla['accuracy']:.1f}%"))
+            checks.append((acc, f"benign accuracy {100 * r['accuracy']:.1f}% "
+                                f"vs vanilla {100 * vanilla['accuracy']:.1f}%"))
             fd_key = "fd[benign]" if "fd[benign]" in r else "fd"
             fd = r[fd_key] <= 1.10 * vanilla[fd_key]
             checks.append((fd, f"FD benign {r[fd_key]:.2f} vs vanilla {vanilla[fd_key]:.2f}"))

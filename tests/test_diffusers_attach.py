@@ -23,7 +23,8 @@ SCHEDULERS = {
     "PNDM": lambda: diffusers.PNDMScheduler.from_config(SD_SCHEDULER, skip_prk_steps=True),
     "Euler": lambda: diffusers.EulerDiscreteScheduler.from_config(SD_SCHEDULER),
     "EulerAncestral": lambda: diffusers.EulerAncestralDiscreteScheduler.from_config(SD_SCHEDULER),
-    "DPMSolver++": lambda: diffusers.DPMSolverMultistepScheduler.from_config(SD_SCHEDULER, algorithm_type="dpmsolver++"),
+    "DPMSolver++": lambda: diffusers.DPMSolverMultistepScheduler.from_config(SD_SCHEDULER,
+                                                                             algorithm_type="dpmsolver++"),
     "DPMSolver++karras": lambda: diffusers.DPMSolverMultistepScheduler.from_config(
         SD_SCHEDULER, algorithm_type="dpmsolver++", use_karras_sigmas=True),
     "DPMSinglestep": lambda: diffusers.DPMSolverSinglestepScheduler.from_config(SD_SCHEDULER),
@@ -55,7 +56,8 @@ def far_set(shape=LATENT) -> NegationSet:
 
 def set_of(latents: torch.Tensor) -> NegationSet:
     """The vanilla results themselves plus copies jittered by 5% of their scale (so the set has a spread)."""
-    jitter = 0.05 * float(latents.float().std()) * torch.randn(3, *latents.shape, generator=torch.Generator().manual_seed(9))
+    jitter = 0.05 * float(latents.float().std()) * torch.randn(3, *latents.shape,
+                                                               generator=torch.Generator().manual_seed(9))
     return NegationSet.from_latents(torch.cat([latents.float(), *(latents.float() + j for j in jitter)]))
 
 

@@ -77,7 +77,8 @@ def test_negative_guidance_default_scale_is_diffusers_negative_prompt():
 
 def test_guided_sample_with_negative_prompt_matches_the_pipeline(sd_pipe):
     kw = dict(num_inference_steps=3, guidance_scale=3.0, output_type="latent")
-    ref = sd_pipe(prompt=["ab", "cd"], negative_prompt=["xy", "xy"], generator=[torch.Generator().manual_seed(s) for s in (0, 1)], **kw).images
+    ref = sd_pipe(prompt=["ab", "cd"], negative_prompt=["xy", "xy"],
+                  generator=[torch.Generator().manual_seed(s) for s in (0, 1)], **kw).images
     ours = NegativeGuidance().sample(sd_pipe, prompts=["ab", "cd"], negative="xy",
                                      generator=[torch.Generator().manual_seed(s) for s in (0, 1)], **kw)
     assert torch.allclose(ref, ours, atol=1e-5)

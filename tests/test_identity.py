@@ -13,7 +13,8 @@ def random_mixture(seed: int, dim: int, k: int, kind: str) -> GaussianMixture:
     gen = torch.Generator().manual_seed(seed)
     means = torch.randn(k, dim, generator=gen, dtype=torch.float64) * 3
     if kind == "isotropic":
-        covs = torch.stack([torch.eye(dim, dtype=torch.float64) * (0.2 + torch.rand(1, generator=gen, dtype=torch.float64)) for _ in range(k)])
+        variances = 0.2 + torch.rand(k, generator=gen, dtype=torch.float64)
+        covs = torch.stack([torch.eye(dim, dtype=torch.float64) * v for v in variances])
     elif kind == "diagonal":
         covs = torch.diag_embed(0.1 + torch.rand(k, dim, generator=gen, dtype=torch.float64))
     else:

@@ -158,7 +158,8 @@ def test_far_from_every_image_the_safe_mean_stays_near_the_closest_safe_image():
 
 def test_bounded_form_equals_the_identity_where_the_decomposition_holds():
     gen = torch.Generator().manual_seed(3)
-    d_unsafe, d_safe = torch.randn(4, 8, dtype=torch.float64, generator=gen), torch.randn(4, 8, dtype=torch.float64, generator=gen)
+    d_unsafe = torch.randn(4, 8, dtype=torch.float64, generator=gen)
+    d_safe = torch.randn(4, 8, dtype=torch.float64, generator=gen)
     beta = torch.tensor([0.0, 0.3, 0.9, 0.999], dtype=torch.float64)
     d = beta[:, None] * d_unsafe + (1 - beta[:, None]) * d_safe
     torch.testing.assert_close(local_safe_denoise(d, d_unsafe, d_safe, beta), d_safe)

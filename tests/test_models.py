@@ -204,7 +204,8 @@ def test_bundled_sampling_defaults_are_the_settings_their_quality_was_measured_w
     measured = (Path(__file__).parents[1] / "docs" / "results" / "model_quality.md").read_text()
     for name in BUNDLED:
         defaults = sampling_defaults(name)
-        assert f"{name}: DDIM {defaults['num_inference_steps']} steps, guidance {defaults['guidance_scale']}" in measured
+        steps, guidance = defaults["num_inference_steps"], defaults["guidance_scale"]
+        assert f"{name}: DDIM {steps} steps, guidance {guidance}" in measured
 
 
 # -------------------------------------------------------------------------------------- prompts

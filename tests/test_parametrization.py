@@ -31,7 +31,8 @@ def test_conversion_round_trips(prediction, kind, dtype, tol):
 
 def test_outputs_match_their_definitions():
     gen = torch.Generator().manual_seed(1)
-    x0, eps = torch.randn(5, 2, generator=gen, dtype=torch.float64), torch.randn(5, 2, generator=gen, dtype=torch.float64)
+    x0 = torch.randn(5, 2, generator=gen, dtype=torch.float64)
+    eps = torch.randn(5, 2, generator=gen, dtype=torch.float64)
     a, s = torch.tensor(0.6, dtype=torch.float64), torch.tensor(0.8, dtype=torch.float64)
     x_t = a * x0 + s * eps
     torch.testing.assert_close(from_x0(x0, x_t, a, s, "epsilon"), eps)

@@ -95,7 +95,8 @@ def test_bad_specs_name_the_field(field, value, message):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "safedenoiser.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "safedenoiser.cli", *args], capture_output=True, text=True,
+                          timeout=300)
 
 
 def test_the_readme_example_spec_reads_every_covariance_form():

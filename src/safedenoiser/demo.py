@@ -38,7 +38,8 @@ def demo_prompts(negated_class: int, benign: int = 4) -> list[DemoPrompt]:
 
     held = HELDOUT_PROMPTS[negated_class]
     prompts = [DemoPrompt(CLASS_NAME_PROMPTS[negated_class], "direct", negated_class)]
-    prompts += [DemoPrompt(p, group, negated_class) for group in ("direct", "paraphrase", "indirect") for p in held[group]]
+    prompts += [DemoPrompt(p, group, negated_class)
+                for group in ("direct", "paraphrase", "indirect") for p in held[group]]
     others = [c for c in range(10) if c != negated_class][:: max(1, 9 // benign)][:benign]
     prompts += [DemoPrompt(CLASS_NAME_PROMPTS[c], "benign", c) for c in others]
     return prompts
@@ -128,8 +129,9 @@ def run_demo(out_dir: str | Path, *, negated_class: int = DEFAULT_CLASS, n_per_p
     records: list[dict] = []
     generated = 0
     for method, negation in (("vanilla", None), ("safe", neg)):
-        generated += generate(out_dir / method, model=MODEL, pipe=pipe, prompts=[p.text for p in prompts], n_per_prompt=n_per_prompt,
-                 seed=seed, negation=negation, overwrite=overwrite, progress=progress, device="cpu").generated
+        generated += generate(out_dir / method, model=MODEL, pipe=pipe, prompts=[p.text for p in prompts],
+                              n_per_prompt=n_per_prompt, seed=seed, negation=negation, overwrite=overwrite,
+                              progress=progress, device="cpu").generated
         for record in read_manifest(out_dir / method):
             record["file"] = f"{method}/{record['file']}"
             records.append(record)

@@ -49,7 +49,8 @@ def write_report(path: Path, summary: dict, negated_class: int, n_per_prompt: in
     name = CLASS_NAMES[negated_class]
     lines = [f"# safe-denoiser demo: negating '{name}'", "",
              f"Bundled `fashion-text` model; negation set: real test-split images of class {negated_class} ({name}); "
-             f"{n_per_prompt} images per prompt, the same seeds for both methods; judged by the bundled classifier.", "",
+             f"{n_per_prompt} images per prompt, the same seeds for both methods; "
+             "judged by the bundled classifier.", "",
              f"| prompts | method | images | judged {name} | on the requested class | mean confidence | "
              "copies of a reference image |",
              "|---|---|---|---|---|---|---|"]

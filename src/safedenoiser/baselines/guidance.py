@@ -29,7 +29,8 @@ def _is_text(pipe) -> bool:
     return getattr(pipe, "text_encoder", None) is not None and getattr(pipe, "tokenizer", None) is not None
 
 
-def _text_conditions(pipe, prompts: Sequence[str], negative: str | Sequence[str], device) -> tuple[Tensor, Tensor, Tensor]:
+def _text_conditions(pipe, prompts: Sequence[str], negative: str | Sequence[str],
+                     device) -> tuple[Tensor, Tensor, Tensor]:
     negative = [negative] * len(prompts) if isinstance(negative, str) else list(negative)
     cond, uncond = pipe.encode_prompt(list(prompts), device, 1, True, negative_prompt=None)
     neg = pipe.encode_prompt(negative, device, 1, False)[0]

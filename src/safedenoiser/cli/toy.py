@@ -41,12 +41,15 @@ def _check_output(path: Path, overwrite: bool, suffixes: tuple[str, ...], flag: 
 
 @app.command()
 def toy(
-    spec_path: Path = typer.Argument(..., metavar="SPEC.json", help="Mixture spec (dim, weights, means, covs, negate, negation_samples, seed)."),
-    method: ToyMethod = typer.Option(ToyMethod.kernel, help="vanilla: the mixture; exact: the exact safe denoiser; kernel: the model's D and the finite negation set only."),
+    spec_path: Path = typer.Argument(..., metavar="SPEC.json", help="Mixture spec (dim, weights, means, covs, "
+                                     "negate, negation_samples, seed)."),
+    method: ToyMethod = typer.Option(ToyMethod.kernel, help="vanilla: the mixture; exact: the exact safe denoiser; "
+                                     "kernel: the model's D and the finite negation set only."),
     n: int = typer.Option(4000, min=1, help="Number of samples."),
     seed: int = typer.Option(0, help="Seed of the initial noise."),
     out: Path = typer.Option(..., help="Output .npz (samples, trajectories, per-step beta, metrics)."),
-    plot: Path | None = typer.Option(None, help="Also draw vanilla against this method to this PNG (first two coordinates)."),
+    plot: Path | None = typer.Option(None, help="Also draw vanilla against this method to this PNG (first two "
+                                     "coordinates)."),
     sampler: Sampler = typer.Option(Sampler.dpmpp, help="dpm++ or ddim (deterministic ODE), ancestral (stochastic)."),
     steps: int | None = typer.Option(None, min=2, help="Sampling steps (default: 60 dpm++, 100 ddim, 150 ancestral)."),
     estimator: str | None = typer.Option(None, help="Beta estimator of the kernel method: labelled, hybrid, "
@@ -77,7 +80,8 @@ def toy(
     if plot is not None:
         from safedenoiser.toy.plot import plot_runs
 
-        vanilla = run if method == ToyMethod.vanilla else run_toy(spec, "vanilla", n, seed, sampler=sampler.value, steps=steps)
+        vanilla = (run if method == ToyMethod.vanilla
+                   else run_toy(spec, "vanilla", n, seed, sampler=sampler.value, steps=steps))
         plot_runs(vanilla, run, spec.negation_set(), plot,
                   title=f"{method.value} ({sampler.value}): negated share {share:.1%}, SW2 {sw2 / floor:.2f}x floor")
         typer.echo(f"plot -> {plot}")

@@ -214,4 +214,5 @@ class HybridBeta:
         return self.ratio.smoothing
 
     def __call__(self, x_t, alpha, sigma, x0_hat, unsafe):
-        return torch.maximum(self.ratio(x_t, alpha, sigma, x0_hat, unsafe), self.gate(x_t, alpha, sigma, x0_hat, unsafe))
+        return torch.maximum(self.ratio(x_t, alpha, sigma, x0_hat, unsafe),
+                             self.gate(x_t, alpha, sigma, x0_hat, unsafe))

@@ -188,7 +188,8 @@ class SafeDenoiser:
                                         "(a preset, or h, s, window, tau) does not use: drop one or the other")
             self.paper = PaperRule(negation, **resolve_preset(preset, params))
             return
-        self.smoothing = (negation.bandwidth if isinstance(negation, NegationSet) else 0.0) if smoothing is None else smoothing
+        set_width = negation.bandwidth if isinstance(negation, NegationSet) else 0.0
+        self.smoothing = set_width if smoothing is None else smoothing
         self.beta = self._make_estimator(beta, reference)
         own = getattr(self.beta, "smoothing", None)  # ratio-type estimators compare densities at their width
         if own is not None and own != self.smoothing:
@@ -198,8 +199,9 @@ class SafeDenoiser:
             self.smoothing = own
         if not isinstance(self.beta, LocalPosterior):
             if latch is True:
-                raise SafeDenoiserError("latch holds the local estimator's beta: give reference samples (reference=..., "
-                                        "or a set built with --reference-images) and beta='auto' or 'local'")
+                raise SafeDenoiserError("latch holds the local estimator's beta: give reference samples "
+                                        "(reference=..., or a set built with --reference-images) and beta='auto' "
+                                        "or 'local'")
             if features == "unet":
                 raise SafeDenoiserError("features='unet' is for the local estimator; the others measure closeness in "
                                         "the latents: give reference samples (reference=..., or a set built with "
@@ -208,7 +210,7 @@ class SafeDenoiser:
             self.max_weight = getattr(self.beta, "max_weight", DEFAULT_MAX_WEIGHT)
         # a gate over this very set reads the clean log-mass of D(x_t) from the posterior's pass over the set
         self._gate_in_posterior = (isinstance(self.beta, (KernelGateBeta, HybridBeta))
-                                  and self.beta.negation is self.negation)
+                                   and self.beta.negation is self.negation)
 
     def _make_estimator(self, beta: str | BetaEstimator, reference: Tensor | None) -> BetaEstimator | LocalPosterior:
         if not isinstance(beta, str):

@@ -93,7 +93,8 @@ class MethodRun:
 def count_evals(pipe) -> Iterator[list[int]]:
     """Count UNet evaluations (rows of each batch the UNet sees) inside the block."""
     counter = [0]
-    handle = pipe.unet.register_forward_pre_hook(lambda module, args: counter.__setitem__(0, counter[0] + args[0].shape[0]))
+    handle = pipe.unet.register_forward_pre_hook(
+        lambda module, args: counter.__setitem__(0, counter[0] + args[0].shape[0]))
     try:
         yield counter
     finally:

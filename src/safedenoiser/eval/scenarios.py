@@ -246,7 +246,8 @@ def memorization_scenario(n: int = 200, cls: int = 9, *, n_protected: int = 8, p
     train = _class_images("train", cls)
     idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(cls))
     protected, others = train[idx[:n_protected]], train[idx[n_protected:n_protected + 2000]]
-    path = Path(cache) / f"memorizer-class{cls}-{n_protected}-{finetune_steps}-{memorized_share}.safetensors" if cache else None
+    name = f"memorizer-class{cls}-{n_protected}-{finetune_steps}-{memorized_share}.safetensors"
+    path = Path(cache) / name if cache else None
     if path is not None and path.is_file():
         pipe.unet.load_state_dict(load_file(str(path)))
         record = {"cached": str(path)}

@@ -74,7 +74,8 @@ def _is_int(value) -> bool:
 def parse_spec(data: dict) -> ToySpec:
     """Validate a spec dictionary; raise `SafeDenoiserError` naming the offending field."""
     if not isinstance(data, dict):
-        raise SafeDenoiserError("the spec must be a JSON object with dim, weights, means, covs, negate, negation_samples")
+        raise SafeDenoiserError("the spec must be a JSON object with dim, weights, means, covs, negate, "
+                                "negation_samples")
     missing = [f for f in ("dim", "weights", "means", "covs", "negate") if f not in data]
     if missing:
         raise SafeDenoiserError(f"the spec is missing field(s): {', '.join(missing)}")
