@@ -227,9 +227,11 @@ def test_negation_build_lists_skipped_files_and_refuses_to_overwrite(model, nega
 def test_safe_run_records_the_set_and_uses_the_vanilla_seeds(model, negation_file, tmp_path):
     args = ["--prompt", "a bag", "--n", "3", "--seed", "5"]
     assert _gen(model, tmp_path / "vanilla", *args)[0] == 0
-    code, _, err = _gen(model, tmp_path / "safe", *args, "--negation", str(negation_file))
+    code, out, err = _gen(model, tmp_path / "safe", *args, "--negation", str(negation_file))
     assert code == 0, err
     vanilla, safe = _manifest(tmp_path / "vanilla"), _manifest(tmp_path / "safe")
+    changed, likely = sum(r["steps_corrected"] > 0 for r in safe), sum(r["beta_max"] > 0.5 for r in safe)
+    assert f"the safe denoiser changed {changed} of 3 image(s); beta passed 0.5 for {likely} (manifest" in out
     fingerprint = NegationSet.load(negation_file).fingerprint
     assert [r["seed"] for r in safe] == [r["seed"] for r in vanilla] == [5, 6, 7]
     assert [r["file"] for r in safe] == [r["file"] for r in vanilla]
@@ -257,10 +259,11 @@ def test_a_safe_run_consults_the_safe_denoiser_at_every_step_of_every_image(mode
 
 
 def test_a_preset_is_recorded_in_the_manifest_and_the_run(model, negation_file, tmp_path):
-    code, _, err = _gen(model, tmp_path / "out", "--prompt", "a bag", "--n", "1", "--negation", str(negation_file),
-                        "--preset", "sd14-nudity")
+    code, out, err = _gen(model, tmp_path / "out", "--prompt", "a bag", "--n", "1", "--negation",
+                          str(negation_file), "--preset", "sd14-nudity")
     assert code == 0, err
     assert [(r["method"], r["preset"]) for r in _manifest(tmp_path / "out")] == [("safe", "sd14-nudity")]
+    assert "image(s) (manifest" in out  # the paper rule's beta is a kernel mass: no count of beta above 0.5
     code, _, err = _gen(model, tmp_path / "out", "--prompt", "a bag", "--n", "1", "--negation", str(negation_file))
     assert code == 2 and "preset: 'sd14-nudity' there, None now" in err
 
@@ -508,3 +511,25 @@ def test_class_model_makes_n_images_of_a_label_or_unconditional(class_model, tmp
 def test_class_model_bad_input_exits_2(class_model, tmp_path, args, message):
     code, _, err = _gen(class_model, tmp_path / "out", *args)
     assert code == 2 and message in err
+
+
+def test_the_manifest_says_which_images_the_safe_denoiser_changed(model, tmp_path):
+    """A set of the run's own final latents changes every image at some step; a set far from them none."""
+    from safedenoiser.models.registry import load_pipeline
+
+    pipe = load_pipeline(model, "cpu", torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    seeds = [5, 6, 7]
+    latents = pipe(["a bag"] * 3, num_inference_steps=int(STEPS), guidance_scale=7.5, output_type="latent",
+                   generator=[torch.Generator().manual_seed(s) for s in seeds]).images
+    near, far = NegationSet.from_latents(latents), NegationSet.from_latents(latents + 100.0)
+    runs = {}
+    for name, negation in (("vanilla", None), ("near", near), ("far", far)):
+        generate(tmp_path / name, model=model, pipe=pipe, prompts=["a bag"], n=3, seed=seeds[0], steps=int(STEPS),
+                 guidance=7.5, negation=negation, device="cpu", progress=False)
+        runs[name] = read_manifest(tmp_path / name)
+    assert not any("steps_corrected" in r or "beta_max" in r for r in runs["vanilla"])
+    assert [r["steps_corrected"] for r in runs["far"]] == [0, 0, 0]
+    assert all(r["beta_max"] < 0.01 for r in runs["far"])
+    assert all(1 <= r["steps_corrected"] <= int(STEPS) for r in runs["near"])
+    assert all(r["beta_max"] > 0.5 for r in runs["near"])

@@ -222,6 +222,23 @@ def test_latch_holds_the_highest_beta_of_the_trajectory_and_resets_with_a_new_on
     assert (latched.correct(safe_d[:1], 0.9, 0.3, safe_d[:1]).beta < 0.01).all()
 
 
+def test_samples_record_each_rows_highest_beta_and_how_many_steps_changed_it(sets):
+    negation, reference = sets
+    gen = torch.Generator().manual_seed(6)
+    unsafe_d, safe_d = _cluster(1, 3.0, gen), _cluster(1, -3.0, gen)
+    safe = SafeDenoiser(negation, reference=reference, latch=False)
+    betas = [safe.correct(d, 0.9, 0.3, d).beta for d in (torch.cat([unsafe_d, safe_d]),
+                                                        torch.cat([unsafe_d, unsafe_d]),
+                                                        torch.cat([safe_d, safe_d]))]
+    torch.testing.assert_close(safe.samples.beta_max, torch.stack(betas).max(0).values.double())
+    assert safe.samples.steps_corrected.tolist() == [2, 1]  # row 0 unsafe at steps 1-2, row 1 at step 2
+    assert safe.samples.beta_max.max() == max(r.beta_max for r in safe.trace)
+    safe.reset()
+    assert safe.samples is None
+    safe.correct(safe_d, 0.9, 0.3, safe_d)
+    assert safe.samples.steps_corrected.tolist() == [0]
+
+
 def test_with_the_latch_min_weight_leaves_a_sample_alone_until_its_held_beta_passes_it(sets):
     negation, reference = sets
 

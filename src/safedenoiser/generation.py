@@ -30,7 +30,7 @@ import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 
@@ -38,6 +38,9 @@ from safedenoiser.core.local import LocalPosterior
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet
 from safedenoiser.prompts import PromptRow
+
+if TYPE_CHECKING:
+    from safedenoiser.core.safe_denoiser import SafeDenoiser
 
 RUN_FORMAT = 1
 RUN_FILE = "run.json"
@@ -85,14 +88,16 @@ class ManifestRecord:
     preset: str | None
     source_line: int | None = None
     negated_class: int | str | None = None
+    beta_max: float | None = None  # safe runs: the highest beta along the image's trajectory
+    steps_corrected: int | None = None  # safe runs: at how many steps the correction changed it
 
     def to_json(self) -> str:
-        record = asdict(self)
-        if record["negated_class"] is None:
-            del record["negated_class"]
-        if record["source_line"] is None:
-            del record["source_line"]
+        record = {key: value for key, value in asdict(self).items()
+                  if value is not None or key not in OPTIONAL_FIELDS}
         return json.dumps(record, ensure_ascii=False)
+
+
+OPTIONAL_FIELDS = ("source_line", "negated_class", "beta_max", "steps_corrected")  # left out where None
 
 
 @dataclass
@@ -276,11 +281,11 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     with open(out_dir / MANIFEST_FILE, "a", encoding="utf-8") as manifest:
         for batch in _batches(pending, batch_size):
             images = _sample(pipe, kind, batch, steps, safe)
-            for job, image in zip(batch, images):
+            for row, (job, image) in enumerate(zip(batch, images)):
                 _save_png_atomic(image, out_dir / job.file)
                 record = ManifestRecord(job.file, job.index, job.prompt, job.label, job.seed, job.guidance, steps,
                                         method, model_name, settings["negation"], preset, job.source_line,
-                                        negated_class)
+                                        negated_class, *_what_safe_did(safe, row))
                 manifest.write(record.to_json() + "\n")
                 manifest.flush()
                 os.fsync(manifest.fileno())
@@ -419,6 +424,13 @@ def _batches(jobs: list[ImageJob], size: int) -> Iterable[list[ImageJob]]:
         batch.append(job)
     if batch:
         yield batch
+
+
+def _what_safe_did(safe: SafeDenoiser | None, row: int) -> tuple[float | None, int | None]:
+    """``(beta_max, steps_corrected)`` of the last batch's image ``row`` (``None`` for vanilla runs)."""
+    if safe is None or safe.samples is None:
+        return None, None
+    return round(float(safe.samples.beta_max[row]), 4), int(safe.samples.steps_corrected[row])
 
 
 def _sample(pipe, kind: str, batch: list[ImageJob], steps: int, safe) -> list:

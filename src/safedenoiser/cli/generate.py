@@ -64,7 +64,7 @@ def generate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Generate images, vanilla or (with --negation) safe, into --out; re-running resumes."""
-    from safedenoiser.generation import generate as run
+    from safedenoiser.generation import generate as run, read_manifest
     from safedenoiser.prompts import read_prompts
 
     if quiet:
@@ -84,3 +84,10 @@ def generate(
                  device=device, dtype=dtype, overwrite=overwrite, progress=not quiet)
     typer.echo(f"{out}: {result.generated} image(s) written, {result.skipped} already there, "
                f"{result.total} in the run; manifest {result.manifest}")
+    records = [r for r in read_manifest(out) if "steps_corrected" in r] if negation is not None else []
+    if records:
+        changed = sum(r["steps_corrected"] > 0 for r in records)
+        likely = "" if preset is not None else (  # the paper rule's beta is a kernel mass, not a probability
+            f"; beta passed 0.5 for {sum(r['beta_max'] > 0.5 for r in records)}")
+        typer.echo(f"the safe denoiser changed {changed} of {len(records)} image(s){likely} "
+                   "(manifest: steps_corrected, beta_max)")

@@ -111,6 +111,20 @@ class Correction:
     renoise: bool  # the sampler should re-noise x0 instead of replacing the model output
 
 
+@dataclass
+class SampleRecord:
+    """Each sample of the current run (since `SafeDenoiser.reset`), row for row of the stepped batch: the
+    highest beta any step gave it (the paper rule: kernel mass) and at how many steps the correction
+    changed it (0: the model's output passed through untouched, bit for bit)."""
+
+    beta_max: Tensor  # [B]
+    steps_corrected: Tensor  # [B] int64
+
+    def update(self, beta: Tensor, acted: Tensor) -> None:
+        self.beta_max = torch.maximum(self.beta_max, beta.detach().double().cpu())
+        self.steps_corrected += acted.cpu().long()
+
+
 class SafeDenoiser:
     """Safe denoiser over a negation set.
 
@@ -239,8 +253,8 @@ class SafeDenoiser:
 
     def correct(self, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float, x0_hat: Tensor, *,
                 guided: bool = False) -> Correction:
-        """Apply the safe denoiser to one batch; records a `StepRecord` in `trace`. ``guided``: ``x0_hat``
-        comes from classifier-free guidance (turns on ``latch="auto"``)."""
+        """Apply the safe denoiser to one batch; records a `StepRecord` in `trace` and updates `samples`.
+        ``guided``: ``x0_hat`` comes from classifier-free guidance (turns on ``latch="auto"``)."""
         if x_t.shape != x0_hat.shape:
             raise SafeDenoiserError(f"x_t has shape {tuple(x_t.shape)} but x0_hat {tuple(x0_hat.shape)}: give the "
                                     "model's estimate of the same batch")
@@ -272,12 +286,17 @@ class SafeDenoiser:
         self.trace.append(StepRecord(sigma=float(s[0]), alpha=float(a[0]), beta_mean=float(beta.mean()),
                                      beta_max=float(beta.max()), acted=int(acted.sum()), batch=batch,
                                      latched=latch, in_features=local is not None))
+        if self.samples is None or len(self.samples.beta_max) != batch:  # a loop of its own that changed batch
+            self.samples = SampleRecord(torch.zeros(batch, dtype=torch.float64), torch.zeros(batch, dtype=torch.long))
+        self.samples.update(beta, acted)
         return Correction(x0.to(x0_hat.dtype), beta, acted, renoise)
 
     def reset(self) -> None:
-        """Start a new sampling run: an empty `trace`, and no beta held by the latch (`attach` calls this at
-        every ``set_timesteps``, so one pipeline call never inherits the beta another call's images reached)."""
+        """Start a new sampling run: an empty `trace` and `samples`, and no beta held by the latch (`attach`
+        calls this at every ``set_timesteps``, so one pipeline call never inherits the beta another call's
+        images reached)."""
         self.trace: list[StepRecord] = []
+        self.samples: SampleRecord | None = None
         self._latched: tuple[Tensor, float] | None = None  # (beta so far, noise level sigma/alpha of the last call)
 
     def bind(self, pipe) -> None:
