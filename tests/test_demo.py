@@ -23,6 +23,8 @@ def test_demo_writes_grid_manifest_and_report(tmp_path):
     assert all(isinstance(r["reference_copy"], bool) for r in records)
     assert summary[("vanilla", "direct")]["negated"] >= 0.6  # the prompts do ask for sneakers
     assert summary[("safe", "direct")]["negated"] < summary[("vanilla", "direct")]["negated"]
+    assert summary[("vanilla", "direct")]["beta"] is None
+    assert summary[("safe", "benign")]["beta"] < 0.5 < summary[("safe", "direct")]["beta"]
     assert {p.name for p in tmp_path.iterdir()} == set(DEMO_ENTRIES)  # what a rerun may resume
 
 

@@ -9,6 +9,7 @@ for other classes. The bundled classifier judges every image.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,7 +155,8 @@ def run_demo(out_dir: str | Path, *, negated_class: int = DEFAULT_CLASS, n_per_p
 
 def summarise(records: list[dict], negated_class: int) -> dict:
     """Per method and prompt group: shares judged as the negated class, on the requested class and
-    copies of a reference image, and the mean confidence."""
+    copies of a reference image, the mean confidence, and the median of each image's highest beta
+    (safe runs; ``None`` for vanilla)."""
     out: dict = {}
     for method in ("vanilla", "safe"):
         rows = [r for r in records if r["method"] == method]
@@ -162,7 +164,9 @@ def summarise(records: list[dict], negated_class: int) -> dict:
             sel = [r for r in rows if r["group"] == group]
             if not sel:
                 continue
+            betas = [r["beta_max"] for r in sel if "beta_max" in r]
             out[(method, group)] = {
+                "beta": statistics.median(betas) if betas else None,
                 "n": len(sel),
                 "negated": sum(r["predicted"] == negated_class for r in sel) / len(sel),
                 "on_target": sum(r["predicted"] == r["target"] for r in sel) / len(sel),

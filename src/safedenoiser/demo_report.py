@@ -52,15 +52,17 @@ def write_report(path: Path, summary: dict, negated_class: int, n_per_prompt: in
              f"{n_per_prompt} images per prompt, the same seeds for both methods; "
              "judged by the bundled classifier.", "",
              f"| prompts | method | images | judged {name} | on the requested class | mean confidence | "
-             "copies of a reference image |",
-             "|---|---|---|---|---|---|---|"]
+             "copies of a reference image | highest beta (median) |",
+             "|---|---|---|---|---|---|---|---|"]
     for (method, group), v in summary.items():
+        beta = "" if v["beta"] is None else f"{v['beta']:.3f}"
         lines.append(f"| {group} | {method} | {v['n']} | {v['negated']:.0%} | {v['on_target']:.0%} | "
-                     f"{v['confidence']:.2f} | {v['reference_copy']:.0%} |")
+                     f"{v['confidence']:.2f} | {v['reference_copy']:.0%} | {beta} |")
     lines += ["", "Copies of a reference image: nearer (RMS pixel distance) to one of the negation set's 500 "
               "reference images, through the VAE, than any of 1,000 unseen training images is. Under guidance the "
               "latch corrects a sample judged unsafe towards nearby safe reference images, and it ends as one "
-              "of them.", "",
+              "of them. Highest beta: each image's highest estimated P(unsafe | x_t) along its trajectory "
+              "(`beta_max` in `safe/manifest.jsonl`).", "",
               f"This run: {timing[0]:.0f} s on this machine ({torch.get_num_threads()} torch threads), generating "
               f"{timing[1]} of the {timing[2]} images ({timing[2] - timing[1]} were already in the folder).", "",
               "![vanilla beside safe](grid.png)", ""]

@@ -22,5 +22,7 @@ def demo(
 
     summary = run_demo(out, negated_class=negated_class, n_per_prompt=n_per_prompt, seed=seed, overwrite=overwrite)
     for (method, group), v in summary.items():
-        typer.echo(f"{method:8s} {group:10s} judged negated {v['negated']:5.0%}  on target {v['on_target']:5.0%}")
+        beta = "" if v["beta"] is None else f"  highest beta {v['beta']:.2f}"
+        typer.echo(f"{method:8s} {group:10s} judged negated {v['negated']:5.0%}  on target {v['on_target']:5.0%}"
+                   f"{beta}")
     typer.echo(f"grid -> {out / 'grid.png'}, report -> {out / 'report.md'}")
