@@ -126,16 +126,21 @@ def sd3_pipe():
     return pipe
 
 
-def test_sd3_flow_matching_pipeline():
-    pipe = sd3_pipe()
-    go = embedded_prompts(pipe, 3.0)
+def far_leaves_near_changes(pipe, go, reference: torch.Tensor | None = None) -> SafeDenoiser:
+    """A far set leaves ``go()``'s latents bit-identical, a set near them changes them; the near run's denoiser."""
     vanilla = go()
     assert vanilla.shape == (2, 4, 8, 8)
     assert torch.equal(vanilla, with_safe(SafeDenoiser(far((4, 8, 8))), pipe, go))
-    # SD3's latents are shifted and scaled: the pipeline returns (z - shift) * scale
-    safe = SafeDenoiser(near(vanilla))
+    safe = SafeDenoiser(near(vanilla), reference=reference)
     assert not torch.equal(vanilla, with_safe(safe, pipe, go))
     assert sum(r.acted for r in safe.trace) > 0
+    return safe
+
+
+def test_sd3_flow_matching_pipeline():
+    pipe = sd3_pipe()
+    # SD3's latents are shifted and scaled: the pipeline returns (z - shift) * scale
+    safe = far_leaves_near_changes(pipe, embedded_prompts(pipe, 3.0))
     assert all(abs(r.alpha + r.sigma - 1) < 1e-6 for r in safe.trace)  # flow levels
 
 
@@ -158,14 +163,8 @@ def sdxl_pipe():
 
 def test_sdxl_pipeline_with_added_conditions_and_auto_latch():
     pipe = sdxl_pipe()
-    go = embedded_prompts(pipe, 5.0)
-    vanilla = go()
-    assert vanilla.shape == (2, 4, 8, 8)
-    assert torch.equal(vanilla, with_safe(SafeDenoiser(far((4, 8, 8))), pipe, go))
     reference = torch.randn(12, 4, 8, 8, generator=torch.Generator().manual_seed(2)) - 5.0
-    safe = SafeDenoiser(near(vanilla), reference=reference)
-    assert not torch.equal(vanilla, with_safe(safe, pipe, go))
-    assert sum(r.acted for r in safe.trace) > 0
+    safe = far_leaves_near_changes(pipe, embedded_prompts(pipe, 5.0), reference)
     assert all(r.latched for r in safe.trace)  # the pipeline guides, so the default latch holds beta
     # unguided, "auto" would measure in the UNet's features, which need SDXL's added conditions: latents
     go = embedded_prompts(pipe, 1.0)

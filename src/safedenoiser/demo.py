@@ -166,11 +166,11 @@ def summarise(records: list[dict], negated_class: int) -> dict:
                 continue
             betas = [r["beta_max"] for r in sel if "beta_max" in r]
             out[(method, group)] = {
-                "beta": statistics.median(betas) if betas else None,
                 "n": len(sel),
                 "negated": sum(r["predicted"] == negated_class for r in sel) / len(sel),
                 "on_target": sum(r["predicted"] == r["target"] for r in sel) / len(sel),
                 "confidence": sum(r["confidence"] for r in sel) / len(sel),
                 "reference_copy": sum(r["reference_copy"] for r in sel) / len(sel),
+                "beta": statistics.median(betas) if betas else None,
             }
     return out

@@ -71,6 +71,9 @@ class ImageJob:
         return f"{IMAGE_DIR}/{self.index:06d}-s{self.seed}-{digest}.png"
 
 
+OPTIONAL_FIELDS = ("source_line", "negated_class", "beta_max", "steps_corrected")  # left out where None
+
+
 @dataclass
 class ManifestRecord:
     """One line of ``manifest.jsonl``."""
@@ -95,9 +98,6 @@ class ManifestRecord:
         record = {key: value for key, value in asdict(self).items()
                   if value is not None or key not in OPTIONAL_FIELDS}
         return json.dumps(record, ensure_ascii=False)
-
-
-OPTIONAL_FIELDS = ("source_line", "negated_class", "beta_max", "steps_corrected")  # left out where None
 
 
 @dataclass
