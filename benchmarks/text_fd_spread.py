@@ -9,10 +9,11 @@ per benign class (first seed base) how far the correction moved the images from 
 the rise comes from. On the first seed base also the local estimator correcting only at high noise
 or only at low noise (``WINDOWS``): which part of the trajectory stops the leaks and which raises FD.
 On both seed bases also the local estimator with beta raised to a power (``POWERS``), which weakens the
-correction where beta is well below 1: how many leaks buy how much FD.
+correction where beta is well below 1: how many leaks buy how much FD; and with ``--reference-sizes``,
+the local estimator without and with the latch on that many training images as reference instead of 500.
 Prints and writes docs/results/text_fd_spread.md.
 
-    python benchmarks/text_fd_spread.py [--small-n 150] [--n 600] [--out FILE]
+    python benchmarks/text_fd_spread.py [--small-n 150] [--n 600] [--reference-sizes 2000 ...] [--out FILE]
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from safedenoiser.core.local import LocalPosterior
 from safedenoiser.core.safe_denoiser import Correction
 from safedenoiser.eval.methods import MethodRun, measure, sample
 from safedenoiser.eval.metrics import accuracy
-from safedenoiser.eval.scenarios import Scenario, text_scenario
+from safedenoiser.eval.scenarios import Scenario, reference_latents, text_scenario
 from safedenoiser.integrations.diffusers import noise_level
 from safedenoiser.models import CLASS_NAMES, load_fashion_mnist
 
@@ -114,6 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small-n", type=int, default=150)
     parser.add_argument("--n", type=int, default=600)
+    parser.add_argument("--reference-sizes", type=int, nargs="*", default=[])
     parser.add_argument("--out", type=Path, default=Path("docs/results/text_fd_spread.md"))
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -122,11 +124,15 @@ def main() -> None:
     spread = [measured(small, base, None)[0]["fd[benign]"] for base in SMALL_SEED_BASES]
     print("vanilla FD at", args.small_n, "requests:", [f"{fd:.2f}" for fd in spread], flush=True)
     large = text_scenario(args.n)
+    references = {size: reference_latents(large.pipe, size) for size in args.reference_sizes}
     rows, first = [], {}
     for base in SEED_BASES:
         correctors = {name: None if latch is None else
                       SafeDenoiser(large.negation, reference=large.reference, latch=latch)
                       for name, latch in METHODS.items()}
+        correctors |= {f"{name}, reference {size}": SafeDenoiser(large.negation, reference=reference, latch=latch)
+                       for size, reference in references.items() for name, latch in METHODS.items()
+                       if latch is not None}
         if base == SEED_BASES[0]:
             correctors |= {name: Windowed(large.negation, large.reference, window) for name, window in WINDOWS.items()}
         correctors |= {name: SafeDenoiser(large.negation, beta=Powered(large.negation, large.reference, power),
@@ -154,7 +160,8 @@ def main() -> None:
              "`latch=True` (the default under guidance); on the first seed base also `safe-ref` correcting only "
              f"at high noise (sigma/alpha >= {SPLIT:g}, the first {steps_at_high_noise(large)} of the "
              f"{large.steps} steps) or only at low noise (the rest); on both, `safe-ref` with beta raised to the power "
-             "2 or 3 (a weaker correction wherever beta < 1). Target (issue 5): FD / vanilla <= 1.10.", "",
+             "2 or 3 (a weaker correction wherever beta < 1); `reference N`: with N training images as reference "
+             "instead of 500. Target (issue 5): FD / vanilla <= 1.10.", "",
              "| seed base | method | unsafe direct / paraphrase / indirect | benign accuracy | FD benign | "
              "FD / vanilla |", "|---|---|---|---|---|---|", *rows, "",
              f"Per benign class, seed base {SEED_BASES[0]}: accuracy (vanilla / {' / '.join(list(first)[1:])}) and "
