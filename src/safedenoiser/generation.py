@@ -209,20 +209,18 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         raise SafeDenoiserError(f"--guidance must be a finite number >= 0 (got {guidance}; 1 turns guidance off)")
     if preset is not None and negation is None:
         raise SafeDenoiserError("--preset selects how a negation set is used; give --negation FILE too")
-    if latch is not None and negation is None:
-        flag = "--latch" if latch else "--no-latch"
-        raise SafeDenoiserError(f"{flag} changes how a negation set is used; give --negation FILE too")
+    set_flags = [flag for given, flag in ((latch is not None, "--latch" if latch else "--no-latch"),
+                                          (features is not None, f"--features {features}"),
+                                          (boundary_power is not None, "--boundary-power"),
+                                          (min_weight is not None, "--min-weight")) if given]
+    if set_flags and negation is None:
+        raise SafeDenoiserError(f"{set_flags[0]} changes how a negation set is used; give --negation FILE too")
     latch = "auto" if latch is None else latch
-    if features is not None and negation is None:
-        raise SafeDenoiserError(f"--features {features} changes how a negation set is used; give --negation FILE too")
     from safedenoiser.core.safe_denoiser import DEFAULT_MIN_WEIGHT, FEATURE_SPACES, SafeDenoiser
 
     if features is not None and features not in FEATURE_SPACES:
         raise SafeDenoiserError(f"--features must be 'auto', 'unet' or 'latent' (got {features!r})")
     features = features or "auto"
-    for flag, value in (("--boundary-power", boundary_power), ("--min-weight", min_weight)):
-        if value is not None and negation is None:
-            raise SafeDenoiserError(f"{flag} changes how a negation set is used; give --negation FILE too")
     label_given, label = label is not None, parse_label(label)
     neg = NegationSet.load(negation) if isinstance(negation, (str, Path)) else negation
     safe = None  # built before the model loads, so that flags that do not go together fail at once
