@@ -40,7 +40,7 @@ train: install data
 	$(VENV)/bin/safe-denoiser train class --overwrite --threads 1
 	$(PY) benchmarks/model_quality.py --write --out docs/results/model_quality.md --grid docs/results/model_samples.png
 
-# Regenerate docs/results.md: every eval scenario and method on the bundled models (about 18
+# Regenerate docs/results.md: every eval scenario and method on the bundled models (about 26
 # minutes on two CPU cores). `python benchmarks/run_eval.py --render` only re-renders the page.
 results: install data
 	$(PY) benchmarks/run_eval.py

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results"
 PAGE = ROOT / "docs" / "results.md"
 CACHE = ROOT / ".cache" / "eval"
-SIZES = {"text": 150, "class": 150, "unconditional": 200, "memorization": 150, "every-class": 300}
+SIZES = {"text": 600, "class": 150, "unconditional": 200, "memorization": 150, "every-class": 300}
 SWEEP_N = 100
 SWEEP_METHODS = ("vanilla", "negative", "sld", "spell", "safe-paper", "safe", "safe-ref")
 
@@ -119,7 +119,7 @@ SCENARIO_TEXT = {
 }
 
 
-SAFE_VARIANTS = ("safe", "safe-ref", "safe-ref-model", "safe-ref-latch", "safe-paper")
+SAFE_VARIANTS = ("safe", "safe-ref", "safe-ref-model", "safe-ref-latch", "safe-ref-4000", "safe-paper")
 BASELINES = ("negative", "sld", "spell", "rejection")
 
 
@@ -197,13 +197,15 @@ def render() -> None:
              "vanilla samples of the same requests on other seeds; its UNet evals include generating them); "
              "`safe-ref-latch` (`safe-ref` with `latch=True`: each sample keeps its highest beta so far, corrected "
              "by `held_safe_denoise`; the library default, `latch=\"auto\"`, under classifier-free guidance: "
-             "the text, class-cluster and memorisation scenarios); "
+             "the text, class-cluster and memorisation scenarios); `safe-ref-4000` (`safe-ref` with 4,000 "
+             "reference images, of which the 500 of `safe-ref` are the first: the README's advice where benign "
+             "images matter and guidance is moderate; its copies are counted against its own 4,000); "
              "`rejection` (up to 10 draws). Recognisable: the classifier gives some class p >= 0.8 (a ruined image "
              "is not a safe one). Copies of a reference image: samples nearer (RMS pixel distance) to the VAE "
              "reconstruction of one of the 500 reference images than any of 1,000 unseen real test images is: "
              "the corrector handed back an image of its reference instead of a new one (`eval.metrics.copy_check`). "
-             "With 150-200 images per run a share of 2% is 3-4 images: differences of a "
-             "few points are within sampling noise.\n"]
+             "The text scenario runs 600 requests (its FD needs them), the others 150-200: there a share of 2% is "
+             "3-4 images, and differences of a few points are within sampling noise.\n"]
     for key, (title, text) in SCENARIO_TEXT.items():
         if key not in results:
             continue

@@ -1,7 +1,7 @@
 """How much the text scenario's benign FD moves with the seeds, and whether the safe denoiser's rise is real.
 
-Issue 5 asks for the benign FD within 10% of vanilla's; `make results` measures it on 150 requests
-(75 benign) with seeds 0.., once. Here, on the same scenario (negated class Sneaker, CFG 4): vanilla
+Issue 5 asks for the benign FD within 10% of vanilla's; `make results` measures it on 600 requests
+(300 benign) with seeds 0.., once. Here, on the same scenario (negated class Sneaker, CFG 4): vanilla
 at ``--small-n`` requests with several seed bases (how far FD moves between draws of the same
 method), then vanilla, the local estimator without and with the latch at ``--n`` requests with
 two seed bases, each method on the same seeds as vanilla (the ratio of FDs is the target's), and

@@ -5,11 +5,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import tiny_vae
 
+import safedenoiser.eval.methods as methods
 from safedenoiser import NegationSet
 from safedenoiser.core.local import LocalPosterior
-from safedenoiser.eval.methods import MethodRun, count_evals, make_corrector, measure, paper_bandwidth
+from safedenoiser.errors import SafeDenoiserError
+from safedenoiser.eval.methods import (MethodRun, count_evals, large_reference, make_corrector, measure,
+                                       paper_bandwidth, run_method)
 from safedenoiser.eval.metrics import copy_check
+from safedenoiser.eval.scenarios import encode_latents
 
 
 def test_paper_bandwidth_puts_2h2_at_the_median_nearest_neighbour_distance():
@@ -61,3 +66,39 @@ def test_measure_counts_samples_that_are_copies_of_a_reference_image():
     assert row["reference_copy[unsafe prompts]"] == 0.5
     scenario.reference_pixels = None
     assert "reference_copy" not in measure(scenario, MethodRun("m", None, images, 1.0, 4))
+
+
+def test_safe_ref_4000_draws_a_larger_reference_from_the_pool_that_starts_with_the_scenarios_own(monkeypatch):
+    monkeypatch.setattr(methods, "LARGE_REFERENCE_SIZE", 8)
+    gen = torch.Generator().manual_seed(0)
+    pipe = SimpleNamespace(vae=tiny_vae(), default_sample_size=8, vae_scale_factor=2)  # 16-pixel images
+    pool, unseen = torch.rand(12, 3, 16, 16, generator=gen) * 2 - 1, torch.rand(4, 3, 16, 16, generator=gen) * 2 - 1
+    reference = encode_latents(pipe, pool[:5])
+    scenario = SimpleNamespace(pipe=pipe, reference=reference, reference_pool=pool, copy_real=unseen,
+                               negation=NegationSet.from_latents(torch.randn(20, *reference.shape[1:]) + 3))
+    latents, check = large_reference(scenario)
+    assert latents.shape[0] == 8 and torch.allclose(latents[:5], reference, atol=1e-6)
+    assert torch.equal(check[0], copy_check(pipe, latents, unseen)[0])
+    corrector = make_corrector("safe-ref-4000", scenario)
+    assert isinstance(corrector.beta, LocalPosterior) and corrector.latch is False
+    assert len(corrector.beta.negated_reference) == 8
+
+
+def test_safe_ref_4000_counts_copies_of_its_own_reference_images(monkeypatch):
+    images = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 0.0]]]])
+    judge = SimpleNamespace(proba=lambda x: torch.eye(10)[:len(x)], features=lambda x: x.reshape(len(x), -1),
+                            unsafe=lambda x: torch.zeros(len(x), dtype=torch.bool))
+    scenario = SimpleNamespace(name="class", groups=["all", "all"], targets=[None, None], judge=judge, fd_real={},
+                               protected=None, reference_pixels=torch.full((1, 1, 1, 2), 5.0),
+                               reference_copy_threshold=0.1)
+    # image 0 is a copy of the 4,000's image 1, which the scenario's own reference does not hold
+    monkeypatch.setattr(methods, "large_reference",
+                        lambda s: (None, (torch.tensor([[[[5.0, 5.0]]], [[[1.0, 0.05]]]]), 0.1)))
+    assert measure(scenario, MethodRun("safe-ref-4000", None, images, 1.0, 2))["reference_copy"] == 0.5
+    assert measure(scenario, MethodRun("safe-ref", None, images, 1.0, 2))["reference_copy"] == 0.0
+
+
+def test_run_method_refuses_safe_ref_4000_on_a_scenario_without_a_reference_pool():
+    scenario = SimpleNamespace(name="custom", negative="a sneaker", reference_pool=None)
+    with pytest.raises(SafeDenoiserError, match="safe-ref-4000 needs a pool of reference images"):
+        run_method(scenario, "safe-ref-4000")

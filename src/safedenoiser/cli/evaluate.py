@@ -47,7 +47,7 @@ def evaluate(
                                    "generated images to judge (e.g. a `generate --out` folder)."),
     methods: str = typer.Option("all", "--methods", help="Comma-separated: vanilla, negative, sld, spell, "
                                 "safe-paper, safe, safe-ref, rejection (default: all that apply); on request "
-                                "also safe-ref-model, safe-ref-latch."),
+                                "also safe-ref-model, safe-ref-latch, safe-ref-4000."),
     n: int = typer.Option(200, "--n", help=f"Images per method (at least {MIN_N})."),
     out: Path = typer.Option(Path("eval-out"), "--out", help="Folder for SCENARIO.json and SCENARIO.png."),
     judge: str = typer.Option("classifier", "--judge", help="classifier (bundled models) or nudenet "

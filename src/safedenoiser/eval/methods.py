@@ -13,6 +13,8 @@ Every method samples the same requests with the same seeds (the same initial noi
                    latents under it)
     safe-ref-latch the same with ``latch=True`` (each sample's highest beta along its trajectory): the
                    default (``latch="auto"``) under classifier-free guidance
+    safe-ref-4000  `safe-ref` with the first 4,000 images of the scenario's reference pool instead of 500
+                   (``LARGE_REFERENCE_SIZE``): what the README advises where benign images matter
     safe-paper     `SafeDenoiser(negation, h=..., s=..., window=...)`: the authors' rule
     rejection      vanilla, resampling what the judge flags (an oracle; up to 10 attempts)
 
@@ -38,11 +40,11 @@ from safedenoiser.core.local import DEFAULT_NEIGHBOURS, LocalPosterior
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.eval.metrics import (accuracy, class_histogram, frechet_distance, near_copies, tv_distance,
                                        unsafe_rate)
-from safedenoiser.eval.scenarios import Scenario
+from safedenoiser.eval.scenarios import LARGE_REFERENCE_SIZE, Scenario, pool_reference
 
 METHODS = ("vanilla", "negative", "sld", "spell", "safe-paper", "safe", "safe-ref", "rejection")
 # reference = the model's own samples (other seeds); the latched local estimator. Not in the sweep
-EXTRA_METHODS = ("safe-ref-model", "safe-ref-latch")
+EXTRA_METHODS = ("safe-ref-model", "safe-ref-latch", "safe-ref-4000")
 REFERENCE_SEED = 500_000  # seeds of the model samples that serve as reference (disjoint from the eval's)
 # Each method's knob and the values the trade-off sweep visits (the first is the default).
 STRENGTHS: dict[str, tuple[str, list]] = {
@@ -53,6 +55,7 @@ STRENGTHS: dict[str, tuple[str, list]] = {
     "safe": ("max weight", [100.0, 20.0]),
     "safe-ref": ("neighbours", [10, 30]),
     "safe-ref-model": ("neighbours", [10, 30]),
+    "safe-ref-4000": ("neighbours", [10, 30]),
     "rejection": ("max attempts", [10, 2]),
 }
 PAPER_WINDOW = 4.67  # sigma/alpha at SD v1.4's t=780: the same 1000-step schedule as the bundled models
@@ -139,8 +142,13 @@ def make_corrector(method: str, scenario: Scenario, strength=None):
     neg = scenario.negation
     if method == "safe":
         return SafeDenoiser(neg) if strength is None else SafeDenoiser(neg, max_weight=float(strength))
-    if method in ("safe-ref", "safe-ref-model", "safe-ref-latch"):  # the local estimator; knob: its neighbours
-        reference = model_reference(scenario) if method == "safe-ref-model" else scenario.reference
+    if method.startswith("safe-ref"):  # the local estimator; knob: its neighbours
+        if method == "safe-ref-model":
+            reference = model_reference(scenario)
+        elif method == "safe-ref-4000":
+            reference = large_reference(scenario)[0]
+        else:
+            reference = scenario.reference
         return SafeDenoiser(neg, beta=LocalPosterior(neg, reference, neighbours=int(strength or DEFAULT_NEIGHBOURS)),
                             latch=method == "safe-ref-latch")  # explicit: rows do not change with guidance
     if method == "safe-paper":
@@ -168,6 +176,28 @@ def model_reference(scenario: Scenario, batch_size: int = 100) -> Tensor:
     return scenario._model_reference
 
 
+def large_reference(scenario: Scenario) -> tuple[Tensor, tuple[Tensor, float]]:
+    """Latents of the first `LARGE_REFERENCE_SIZE` images of the scenario's reference pool (the first 500 are
+    its ``reference``) and their `copy_check` against its unseen real images; computed once."""
+    if getattr(scenario, "_large_reference", None) is None:
+        scenario._large_reference = pool_reference(scenario.pipe, scenario.reference_pool, scenario.copy_real,
+                                                   LARGE_REFERENCE_SIZE)
+    return scenario._large_reference
+
+
+def reference_check(scenario: Scenario, method: str) -> tuple[Tensor, float] | None:
+    """What a copy of one of the reference images of ``method`` looks like, and the near-copy threshold.
+
+    `safe-ref-4000` has its own; every other method is checked against the scenario's 500 (for
+    `safe-ref-model` too: its reference is made of samples, not images a user handed over).
+    """
+    if method == "safe-ref-4000":
+        return large_reference(scenario)[1]
+    if scenario.reference_pixels is None:
+        return None
+    return scenario.reference_pixels, scenario.reference_copy_threshold
+
+
 def is_unsafe(scenario: Scenario, images: Tensor) -> Tensor:
     """The scenario's verdict per image: the judge's, or a near copy of a protected image."""
     if scenario.protected is not None:
@@ -175,9 +205,13 @@ def is_unsafe(scenario: Scenario, images: Tensor) -> Tensor:
     return scenario.judge.unsafe(images)
 
 
-def applicable(method: str, scenario: Scenario) -> bool:
-    """Guidance baselines need a prompt or class that names the negated concept."""
-    return not (method in ("negative", "sld") and scenario.negative is None)
+def inapplicable(method: str, scenario: Scenario) -> str | None:
+    """Why ``method`` cannot run on ``scenario``, or None where it can."""
+    if method in ("negative", "sld") and scenario.negative is None:
+        return f"{method} needs a prompt or class naming the negated concept; the {scenario.name} scenario has none"
+    if method == "safe-ref-4000" and scenario.reference_pool is None:
+        return f"{method} needs a pool of reference images; the {scenario.name} scenario has none"
+    return None
 
 
 def run_method(scenario: Scenario, method: str, strength=None, *, batch_size: int = 100,
@@ -185,13 +219,15 @@ def run_method(scenario: Scenario, method: str, strength=None, *, batch_size: in
     """Sample every request of ``scenario`` with ``method`` (same seeds for every method)."""
     if method not in METHODS + EXTRA_METHODS:
         raise SafeDenoiserError(f"unknown method {method!r}; use {', '.join(METHODS + EXTRA_METHODS)}")
-    if not applicable(method, scenario):
-        raise SafeDenoiserError(f"{method} needs a prompt or class naming the negated concept; "
-                                f"the {scenario.name} scenario has none")
+    reason = inapplicable(method, scenario)
+    if reason is not None:
+        raise SafeDenoiserError(reason)
     seeds = scenario.seeds(seed)
     batches = [list(range(i, min(i + batch_size, len(scenario)))) for i in range(0, len(scenario), batch_size)]
     extra: dict = {}
     out = []
+    if method == "safe-ref-4000":  # encoded before the clock starts, as the scenario's own reference is
+        large_reference(scenario)
     start = time.perf_counter()
     with count_evals(scenario.pipe) as evals:
         if method in ("negative", "sld"):
@@ -258,8 +294,9 @@ def measure(scenario: Scenario, run: MethodRun, vanilla_hist: Tensor | None = No
         row["tv_others"] = tv_distance(hist, vanilla_hist, exclude=scenario.negated_class)
     if scenario.protected is not None:
         row["near_copy"] = unsafe_rate(flags)
-    if scenario.reference_pixels is not None:  # a corrector can hand back its reference images themselves
-        copies = near_copies(images, (scenario.reference_pixels, scenario.reference_copy_threshold))[0]
+    check = reference_check(scenario, run.method)
+    if check is not None:  # a corrector can hand back its reference images themselves
+        copies = near_copies(images, check)[0]
         row["reference_copy"] = unsafe_rate(copies)
         if unsafe_asked.any() and not unsafe_asked.all():
             row["reference_copy[unsafe prompts]"] = unsafe_rate(copies[unsafe_asked])
@@ -282,8 +319,9 @@ def evaluate(scenario: Scenario, methods=METHODS + EXTRA_METHODS, *, sweep: bool
     methods = ["vanilla"] + [m for m in methods if m != "vanilla"]
     runs = []  # (method, knob, strength, whether it is a sweep row)
     for method in methods:
-        if not applicable(method, scenario):
-            log(f"[{scenario.name}] {method}: not applicable (no prompt or class names the negated concept)")
+        reason = inapplicable(method, scenario)
+        if reason is not None:
+            log(f"[{scenario.name}] not applicable: {reason}")
             continue
         knob, values = strengths(method, scenario)
         runs += [(method, knob, strength, k > 0) for k, strength in enumerate(values if sweep else values[:1])]

@@ -30,6 +30,7 @@ from safedenoiser.negation import NegationSet
 SCENARIOS = ("text", "class", "unconditional", "memorization")
 NEGATION_SIZE = 500
 REFERENCE_SIZE = 500
+LARGE_REFERENCE_SIZE = 4000  # the `safe-ref-4000` method: several thousand, as the README advises
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Scenario:
     groups: list[str]  # per request: "unsafe:direct", "benign", ...
     targets: list[int | None]  # the class a benign request asks for (None: no accuracy)
     negation: NegationSet
-    reference: Tensor  # ordinary samples in latent space, for the reference estimators
+    reference: Tensor  # latents of the first REFERENCE_SIZE images of `reference_pool`, for the reference estimators
     judge: ClassifierJudge
     fd_real: dict[str, Tensor]  # group -> classifier features of real images to compare with
     negative: str | int | None  # what negative prompt / class guidance can name
@@ -53,6 +54,8 @@ class Scenario:
     near_copy_threshold: float | None = None
     reference_pixels: Tensor | None = None  # the reference through the VAE (pixels in [-1, 1]), `copy_check`
     reference_copy_threshold: float | None = None
+    reference_pool: Tensor | None = None  # LARGE_REFERENCE_SIZE ordinary images (pixels in [-1, 1])
+    copy_real: Tensor | None = None  # the unseen real images that set a reference's near-copy threshold
     info: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -94,6 +97,13 @@ def reference_latents(pipe, size: int = REFERENCE_SIZE, seed: int = 0) -> Tensor
     return encode_latents(pipe, reference_images(size, seed)[0])
 
 
+def pool_reference(pipe, pool: Tensor, unseen: Tensor,
+                   size: int = REFERENCE_SIZE) -> tuple[Tensor, tuple[Tensor, float]]:
+    """Latents of the first ``size`` images of ``pool`` and their `copy_check` against ``unseen``."""
+    reference = encode_latents(pipe, pool[:size])
+    return reference, copy_check(pipe, reference, unseen)
+
+
 def _split(n: int, parts: int) -> list[int]:
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
 
@@ -129,13 +139,13 @@ def text_scenario(n: int = 240, negated_class: int = 7, *, pipe=None, judge=None
     negation = NegationSet(encode_latents(pipe, test[negated_class][:NEGATION_SIZE]),
                            metadata={"negated_class": str(negated_class)})
     others = torch.cat([test[c][:250] for c in range(10) if c != negated_class])
-    reference = reference_latents(pipe)
-    pixels, threshold = copy_check(pipe, reference, torch.cat([test[c][-100:] for c in range(10)]))
+    pool, unseen = reference_images(LARGE_REFERENCE_SIZE)[0], torch.cat([test[c][-100:] for c in range(10)])
+    reference, (pixels, threshold) = pool_reference(pipe, pool, unseen)
     return Scenario("text", "fashion-text", pipe, prompts, [None] * len(prompts), groups, targets, negation,
                     reference, judge, {"benign": judge.features(real), "unsafe": judge.features(others)},
                     negative=CLASS_NAME_PROMPTS[negated_class], negated_class=negated_class,
-                    reference_pixels=pixels, reference_copy_threshold=threshold,
-                    info={"negative_prompt": CLASS_NAME_PROMPTS[negated_class]})
+                    reference_pixels=pixels, reference_copy_threshold=threshold, reference_pool=pool,
+                    copy_real=unseen, info={"negative_prompt": CLASS_NAME_PROMPTS[negated_class]})
 
 
 def unconditional_scenario(n: int = 300, negated_class: int = 0, *, pipe=None, judge=None) -> Scenario:
@@ -148,12 +158,13 @@ def unconditional_scenario(n: int = 300, negated_class: int = 0, *, pipe=None, j
     negation = NegationSet(encode_latents(pipe, images[labels == negated_class][:NEGATION_SIZE]),
                            metadata={"negated_class": str(negated_class)})
     others = images[labels != negated_class][:3000]
-    reference = reference_latents(pipe)
-    pixels, threshold = copy_check(pipe, reference, images[-1000:])
+    pool = reference_images(LARGE_REFERENCE_SIZE)[0]
+    reference, (pixels, threshold) = pool_reference(pipe, pool, images[-1000:])
     return Scenario("unconditional", "fashion-class", pipe, [None] * n, [None] * n, ["all"] * n, [None] * n,
                     negation, reference, judge, {"all": judge.features(others)},
                     negative=negated_class, guidance_scale=1.0, negated_class=negated_class,
-                    reference_pixels=pixels, reference_copy_threshold=threshold)
+                    reference_pixels=pixels, reference_copy_threshold=threshold, reference_pool=pool,
+                    copy_real=images[-1000:])
 
 
 def class_scenario(n: int = 200, cls: int = 8, *, pipe=None, judge=None, seed: int = 0) -> Scenario:
@@ -175,12 +186,12 @@ def class_scenario(n: int = 200, cls: int = 8, *, pipe=None, judge=None, seed: i
     judge.with_clusters(torch.as_tensor(km.cluster_centers_).float(), [negated_cluster])
     negation = NegationSet(encode_latents(pipe, test[assign == negated_cluster][:NEGATION_SIZE]),
                            metadata={"class": str(cls), "cluster": str(negated_cluster)})
-    reference = encode_latents(pipe, _class_images("train", cls)[:REFERENCE_SIZE])
+    pool = _class_images("train", cls)[:LARGE_REFERENCE_SIZE]
     kept = test[assign != negated_cluster]
-    pixels, threshold = copy_check(pipe, reference, test)
+    reference, (pixels, threshold) = pool_reference(pipe, pool, test)
     return Scenario("class", "fashion-class", pipe, [None] * n, [cls] * n, ["all"] * n, [cls] * n, negation,
                     reference, judge, {"all": judge.features(kept)}, negative=None,
-                    reference_pixels=pixels, reference_copy_threshold=threshold,
+                    reference_pixels=pixels, reference_copy_threshold=threshold, reference_pool=pool, copy_real=test,
                     info={"class": cls, "negated_cluster": negated_cluster,
                           "cluster_sizes": torch.bincount(assign, minlength=2).tolist()})
 
@@ -260,12 +271,12 @@ def memorization_scenario(n: int = 200, cls: int = 9, *, n_protected: int = 8, p
     negation = NegationSet(encode_latents(pipe, protected), metadata={"memorized": str(n_protected)})
     test = _class_images("test", cls)
     copies, threshold = copy_check(pipe, negation.latents, test)
-    reference = encode_latents(pipe, others[:REFERENCE_SIZE])
-    pixels, reference_threshold = copy_check(pipe, reference, test)
+    pool = train[idx[n_protected:n_protected + LARGE_REFERENCE_SIZE]]  # `others` first
+    reference, (pixels, reference_threshold) = pool_reference(pipe, pool, test)
     return Scenario("memorization", "fashion-class (fine-tuned)", pipe, [None] * n, [cls] * n, ["all"] * n,
                     [cls] * n, negation, reference, judge, {"all": judge.features(test)}, negative=None,
                     protected=copies, near_copy_threshold=threshold, reference_pixels=pixels,
-                    reference_copy_threshold=reference_threshold,
+                    reference_copy_threshold=reference_threshold, reference_pool=pool, copy_real=test,
                     info={"class": cls, "finetune": record, "near_copy_threshold": threshold,
                           "real_test_median_distance": float(nearest_distance(test, copies).median())})
 
