@@ -98,7 +98,12 @@ def test_safe_ref_4000_counts_copies_of_its_own_reference_images(monkeypatch):
     assert measure(scenario, MethodRun("safe-ref", None, images, 1.0, 2))["reference_copy"] == 0.0
 
 
-def test_run_method_refuses_safe_ref_4000_on_a_scenario_without_a_reference_pool():
-    scenario = SimpleNamespace(name="custom", negative="a sneaker", reference_pool=None)
-    with pytest.raises(SafeDenoiserError, match="safe-ref-4000 needs a pool of reference images"):
-        run_method(scenario, "safe-ref-4000")
+@pytest.mark.parametrize("method, negative, pool, message", [
+    ("negative", None, torch.zeros(1), "negative needs a prompt or class naming the negated concept"),
+    ("sld", None, torch.zeros(1), "sld needs a prompt or class naming the negated concept"),
+    ("safe-ref-4000", "a sneaker", None, "safe-ref-4000 needs a pool of reference images"),
+])
+def test_run_method_refuses_what_the_scenario_cannot_run(method, negative, pool, message):
+    scenario = SimpleNamespace(name="custom", negative=negative, reference_pool=pool)
+    with pytest.raises(SafeDenoiserError, match=f"{message}; the custom scenario has none"):
+        run_method(scenario, method)
