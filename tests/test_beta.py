@@ -134,6 +134,15 @@ def test_default_estimator_follows_the_reference(setting):
         SafeDenoiser(negation, beta="ratio")
 
 
+def test_repr_names_the_estimator_and_its_settings(setting):
+    _, negation, reference = setting
+    assert repr(SafeDenoiser(negation, reference=reference, latch=False)) == (
+        f"SafeDenoiser({negation!r}, beta=LocalPosterior, latch=False, features='auto', min_weight=0.0001, "
+        "max_weight=20)")
+    paper = SafeDenoiser(negation, h=1.5, s=0.3, window=2.0, tau=0.25)
+    assert repr(paper) == f"SafeDenoiser({negation!r}, paper rule h=1.5 s=0.3 window=2 tau=0.25)"
+
+
 def test_paper_rule_matches_the_authors_formula():
     gen = torch.Generator().manual_seed(4)
     y = torch.randn(40, 16, generator=gen)

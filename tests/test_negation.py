@@ -31,6 +31,19 @@ def test_save_and_load_round_trip(tmp_path):
     assert back.fingerprint == neg.fingerprint
 
 
+def test_repr_summarises_the_set_without_its_tensors():
+    neg = NegationSet(torch.randn(6, 2, 2), bandwidth=0.25, reference=torch.randn(9, 2, 2))
+    assert repr(neg) == ("NegationSet(6 samples of shape [2, 2], reference 9, bandwidth 0.25, "
+                         f"fingerprint {neg.fingerprint})")
+    assert "reference none" in repr(NegationSet.from_latents(torch.randn(3, 4)))
+
+
+def test_sets_compare_and_hash_by_identity_like_modules():
+    neg = NegationSet.from_latents(torch.randn(3, 4))
+    assert neg == neg and neg != NegationSet(neg.latents.clone())  # no elementwise tensor comparison to raise
+    assert len({neg, neg}) == 1
+
+
 def test_loading_a_foreign_file_gives_a_clear_error(tmp_path):
     (tmp_path / "x.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(SafeDenoiserError, match="not a negation set"):

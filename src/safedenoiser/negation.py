@@ -72,7 +72,7 @@ def reference_samples(negation: "NegationSet", reference: "Tensor | NegationSet"
     return reference
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # tensors: a summary for repr, identity for ==
 class NegationSet:
     """``M`` examples ``y_n`` of what must not be generated, shaped like the model's samples.
 
@@ -159,6 +159,11 @@ class NegationSet:
     # ----------------------------------------------------------------- properties
     def __len__(self) -> int:
         return self.latents.shape[0]
+
+    def __repr__(self) -> str:
+        reference = "none" if self.reference is None else len(self.reference)
+        return (f"NegationSet({len(self)} samples of shape {list(self.sample_shape)}, reference {reference}, "
+                f"bandwidth {self.bandwidth:.4g}, fingerprint {self.fingerprint})")
 
     @property
     def sample_shape(self) -> tuple[int, ...]:

@@ -247,6 +247,15 @@ class SafeDenoiser:
         raise SafeDenoiserError(f"unknown beta estimator {beta!r}; use 'auto', 'local', 'gate', 'labelled', 'ratio', "
                                 "'hybrid' or an estimator object")
 
+    def __repr__(self) -> str:
+        if self.paper is not None:
+            rule = self.paper
+            how = f"paper rule h={rule.h:.4g} s={rule.s:g} window={rule.window:g} tau={rule.tau:.4g}"
+        else:
+            how = (f"beta={type(self.beta).__name__}, latch={self.latch!r}, features={self.features!r}, "
+                   f"min_weight={self.min_weight:g}, max_weight={self.max_weight:g}")
+        return f"SafeDenoiser({self.negation!r}, {how})"
+
     @property
     def sample_shape(self) -> tuple[int, ...] | None:
         return self.negation.sample_shape if isinstance(self.negation, NegationSet) else None
