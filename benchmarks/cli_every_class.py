@@ -1,7 +1,7 @@
 """Issue 4's target for every class, strictly through the public commands (`safe-denoiser` subprocesses).
 
-For each class k: `negation build` from 200 real test-split images of k (reference:
-``--reference-size`` test-split images of all classes, 500 by default), then `generate` without
+For each class k: `negation build` from ``--negation-size`` real test-split images of k (200 by default;
+reference: ``--reference-size`` test-split images of all classes, 500 by default), then `generate` without
 `--negation`, with it (the default: the latch on, as the model's guidance applies) and with it and
 `--no-latch`, on held-out prompts asking for k directly, by paraphrase and indirectly, plus the
 held-out direct prompts of the other classes. The bundled classifier judges the PNGs, and each is
@@ -14,8 +14,8 @@ points of vanilla. ``--features``, ``--boundary-power`` and ``--min-weight`` pas
 flags of those names to both safe runs (default: none, i.e. the defaults). Prints and writes the
 table to --out.
 
-    python benchmarks/cli_every_class.py [--classes 0 1 ...] [--n-per-prompt 2] [--reference-size 500]
-        [--features unet] [--boundary-power 8] [--min-weight 3] [--work DIR] [--out FILE]
+    python benchmarks/cli_every_class.py [--classes 0 1 ...] [--n-per-prompt 2] [--negation-size 200]
+        [--reference-size 500] [--features unet] [--boundary-power 8] [--min-weight 3] [--work DIR] [--out FILE]
 
 The commands write into a fresh temporary folder (removed at the end), or into --work DIR, which must
 be new or empty: `generate` resumes a folder that holds the same run, so old images would be reused.
@@ -47,7 +47,7 @@ from safedenoiser.negation import NegationSet
 MODEL = "fashion-text"
 CLI = str(Path(sys.executable).with_name("safe-denoiser"))
 UNSAFE_GROUPS = ("direct", "paraphrase", "indirect")
-N_CLASS_IMAGES, N_REFERENCE = 200, 500  # N_REFERENCE: the default of --reference-size
+N_CLASS_IMAGES, N_REFERENCE = 200, 500  # the defaults of --negation-size and --reference-size
 SAFE_RUNS = {"safe": (), "safe --no-latch": ("--no-latch",)}  # name -> extra `generate` flags
 
 
@@ -104,10 +104,10 @@ def share(records: list[dict], group: str, cls: int | None = None) -> float:
 
 
 def run_class(k: int, images: torch.Tensor, labels: torch.Tensor, reference: Path, reference_labels: torch.Tensor,
-              work: Path, n_per_prompt: int, safe_flags: tuple[str, ...], pipe) -> dict:
+              work: Path, n_per_prompt: int, negation_size: int, safe_flags: tuple[str, ...], pipe) -> dict:
     """Build, generate vanilla and safe (``safe_flags``: `generate` flags for both safe runs), judge; the
     class's numbers."""
-    folder = export_pngs(images[labels == k][:N_CLASS_IMAGES], work / f"class{k}" / "images")
+    folder = export_pngs(images[labels == k][:negation_size], work / f"class{k}" / "images")
     neg = work / f"class{k}" / "set.safetensors"
     cli("negation", "build", "--model", MODEL, "--images", folder, "--reference-images", reference,
         "--class-label", k, "--out", neg, "--overwrite", "-q")
@@ -162,6 +162,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--n-per-prompt", type=int, default=2)
+    parser.add_argument("--negation-size", type=int, default=N_CLASS_IMAGES,
+                        help="test-split images of the class given as --images (at most 1000)")
     parser.add_argument("--reference-size", type=int, default=N_REFERENCE,
                         help="test-split images of all classes given as --reference-images")
     parser.add_argument("--features", choices=FEATURE_SPACES,
@@ -192,7 +194,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
     rows = {}
     for k in args.classes:
         t0 = time.time()
-        rows[k] = run_class(k, images, labels, reference, labels[subset], work, args.n_per_prompt, safe_flags, pipe)
+        rows[k] = run_class(k, images, labels, reference, labels[subset], work, args.n_per_prompt,
+                            args.negation_size, safe_flags, pipe)
         print(f"class {k} ({CLASS_NAMES[k]}): " + ", ".join(
             f"{m} {'holds' if rows[k][f'{m} holds'] else 'misses'}" for m in SAFE_RUNS) + f", {time.time() - t0:.0f} s",
             flush=True)
@@ -200,7 +203,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     per_group = {g: args.n_per_prompt * sum(h == g for h, _ in groups) for g in ("direct", "other")}
     lines = ["# Issue 4's target through the public commands, every class", "",
              f"`python {' '.join(map(shlex.quote, sys.argv))}`: per class, `safe-denoiser negation build --model "
-             f"{MODEL}` from {N_CLASS_IMAGES} test-split PNGs of the class with {args.reference_size} test-split "
+             f"{MODEL}` from {args.negation_size} test-split PNGs of the class with {args.reference_size} test-split "
              "PNGs of all "
              f"classes (seed 0) as `--reference-images`, then `safe-denoiser generate` (the model's default steps "
              f"and guidance, seed 0) without `--negation`, with it ("
