@@ -1,11 +1,11 @@
 """Quality of the bundled Fashion-MNIST models, judged by the bundled classifier.
 
-Measures: the classifier's test accuracy; for `fashion-class`, the share of samples of each label
-that the classifier assigns to that label, and a Frechet distance in classifier-feature space to
-the test split; for `fashion-text`, the same agreement for the plain class-name prompts
-(`CLASS_NAME_PROMPTS`, trained on) and for the held-out prompts (`HELDOUT_PROMPTS`: direct,
-paraphrase, indirect; never trained on). Prints a table, writes markdown, and with `--write` stores
-the numbers in the models' training.json.
+Measures: the classifier's test accuracy, per class on the test images and on their reconstructions by
+the bundled VAE; for `fashion-class`, the share of samples of each label that the classifier assigns to
+that label, and a Frechet distance in classifier-feature space to the test split; for `fashion-text`,
+the same agreement for the plain class-name prompts (`CLASS_NAME_PROMPTS`, trained on) and for the
+held-out prompts (`HELDOUT_PROMPTS`: direct, paraphrase, indirect; never trained on). Prints a table,
+writes markdown, and with `--write` stores the UNets' numbers in their training.json.
 
     python benchmarks/model_quality.py [--n 50] [--heldout-n 10] [--steps S] [--guidance G]
         [--models fashion-class fashion-text] [--write] [--out docs/results/model_quality.md]
@@ -48,12 +48,8 @@ def _sample(pipe, conditions: list, steps: int, guidance: float, seed: int,
     for i in range(0, len(conditions), batch):
         chunk = conditions[i:i + batch]
         gen = torch.Generator().manual_seed(seed + i)
-        if isinstance(chunk[0], str):
-            images = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance,
-                          generator=gen, output_type="pt").images
-        else:
-            images = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance,
-                          generator=gen, output_type="pt").images
+        images = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=gen,
+                      output_type="pt").images
         out.append(images * 2 - 1)
     return torch.cat(out)
 
@@ -66,6 +62,29 @@ def _agreement(judge, images: torch.Tensor, targets: list[int]) -> dict:
                  for c in sorted(set(targets))}
     return {"overall": round(hit.mean().item(), 4), "per_class": per_class,
             "min_class": round(min(per_class.values()), 4)}
+
+
+def evaluate_vae(judge, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """The judge on the test images and on their reconstructions by the bundled VAE (to its latents and
+    back, as every sample of the UNets and every near copy of a reference image is decoded): per class,
+    the share judged as the true class, and on the reconstructions the class most often judged instead."""
+    from safedenoiser.eval.methods import decode
+    from safedenoiser.eval.scenarios import encode_latents
+
+    pipe = load_pipeline("fashion-text")  # both UNets denoise this VAE's latents
+    real, rebuilt = judge.predict(images), judge.predict(decode(pipe, encode_latents(pipe, images)))
+    per_class = {}
+    for c in range(10):
+        of_c = labels == c
+        instead = torch.bincount(rebuilt[of_c], minlength=10)
+        instead[c] = 0
+        per_class[CLASS_NAMES[c]] = {
+            "real": round((real[of_c] == c).float().mean().item(), 4),
+            "reconstructed": round((rebuilt[of_c] == c).float().mean().item(), 4),
+            "instead": CLASS_NAMES[int(instead.argmax())],
+            "instead_share": round(instead.max().item() / int(of_c.sum()), 4)}
+    return {"real": round((real == labels).float().mean().item(), 4),
+            "reconstructed": round((rebuilt == labels).float().mean().item(), 4), "per_class": per_class}
 
 
 def evaluate_class(judge, n: int, steps: int, guidance: float, seed: int, test_feats) -> dict:
@@ -104,7 +123,8 @@ def evaluate_text(judge, n: int, heldout_n: int, steps: int, guidance: float, se
     return result, images
 
 
-def _grid(images: torch.Tensor, n: int, per_row: int, path: Path) -> None:
+def _grid(images: torch.Tensor, per_row: int, path: Path) -> None:
+    """Ten rows of ``per_row`` images each (row c: images ``c * per_row`` on) as one grayscale PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,7 +132,7 @@ def _grid(images: torch.Tensor, n: int, per_row: int, path: Path) -> None:
 
     rows = []
     for c in range(10):
-        row = images[c * n: c * n + per_row, 0]
+        row = images[c * per_row: (c + 1) * per_row, 0]
         rows.append(torch.cat(list(row), dim=1))
     grid = torch.cat(rows, dim=0).clamp(-1, 1).add(1).div(2).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +163,9 @@ def main() -> None:
     with torch.no_grad():
         test_acc = (judge.predict(x_test) == y_test).float().mean().item()
         test_feats = judge.features_eval(x_test[:2000])
-    report = {"classifier_test_accuracy": round(test_acc, 4), "settings": {}}
+        vae = evaluate_vae(judge, x_test, y_test)
+    report = {"classifier_test_accuracy": round(test_acc, 4), "vae_reconstructions": vae, "settings": {}}
+    print("vae reconstructions", json.dumps(vae, indent=1))
     grids = []
     for model in args.models:
         defaults = sampling_defaults(model)
@@ -171,15 +193,9 @@ def main() -> None:
             record["metrics"] = {"quality": result, "quality_settings": settings,
                                  "classifier_test_accuracy": round(test_acc, 4)}
             path.write_text(json.dumps(record, indent=2) + "\n")
-    if args.grid is not None and grids:
-        both = torch.cat([torch.cat([g[c * args.n: c * args.n + 8] for c in range(10)])
-                          for g in grids], dim=0) if len(grids) == 1 else None
-        if len(grids) == 1:
-            _grid(both, 8, 8, args.grid)
-        else:
-            joined = torch.cat([torch.cat([g[c * args.n: c * args.n + 8] for g in grids])
-                                for c in range(10)])
-            _grid(joined, 8 * len(grids), 8 * len(grids), args.grid)
+    if args.grid is not None and grids:  # per class: 8 samples of each model
+        _grid(torch.cat([g[c * args.n: c * args.n + 8] for c in range(10) for g in grids]), 8 * len(grids),
+              args.grid)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(_markdown(report))
@@ -219,6 +235,16 @@ def _markdown(report: dict) -> str:
         lines += ["", f"Frechet distance in classifier features to 2000 test images: "
                       f"{r['frechet_classifier_features']} (labelled samples), "
                       f"{r['unconditional_frechet_classifier_features']} (unconditional)."]
+    vae = report["vae_reconstructions"]
+    lines += ["", "## The VAE's reconstructions", "",
+              "The judge on the 10,000 test images and on their reconstructions by the bundled VAE (to its "
+              "latents and back, as every sample and every near copy of a reference image is decoded): the share "
+              "judged as the true class, and on the reconstructions the class most often judged instead.", "",
+              "| class | real | reconstructed | most often instead (reconstructed) |", "|---|---|---|---|"]
+    for c, r in vae["per_class"].items():
+        lines.append(f"| {c} | {r['real']:.3f} | {r['reconstructed']:.3f} | {r['instead']} "
+                     f"{r['instead_share']:.1%} |")
+    lines.append(f"| **all** | **{vae['real']:.3f}** | **{vae['reconstructed']:.3f}** | |")
     return "\n".join(lines) + "\n"
 
 
