@@ -30,7 +30,7 @@ import torch
 
 from safedenoiser import SafeDenoiser
 from safedenoiser.core.local import DEFAULT_BOUNDARY_POWER, LocalPosterior
-from safedenoiser.eval.methods import MethodRun, is_unsafe, measure, sample
+from safedenoiser.eval.methods import is_unsafe, measure_images, sample
 from safedenoiser.eval.scenarios import Scenario, class_scenario, memorization_scenario
 from safedenoiser.models import CLASS_NAMES
 
@@ -63,7 +63,7 @@ def power_rows(scenario: Scenario, powers: list[float]) -> list[dict]:
     neg, reference = scenario.negation, scenario.reference
 
     def measured(name: str, corrector=None) -> dict:
-        return measure(scenario, MethodRun(name, None, sample(scenario, idx, seeds, corrector=corrector), 0.0, 0))
+        return measure_images(scenario, sample(scenario, idx, seeds, corrector=corrector), name)
 
     rows = [measured("vanilla")]
     for power in powers:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from safedenoiser import SafeDenoiser
-from safedenoiser.eval.methods import MethodRun, measure, sample
+from safedenoiser.eval.methods import measure_images, sample
 from safedenoiser.eval.metrics import near_copies
 from safedenoiser.eval.scenarios import reference_images, text_scenario
 from safedenoiser.integrations.unet_features import UNetFeatures
@@ -47,7 +47,7 @@ def leaks(cls: int, n: int, guidance: float) -> list[str]:
         corrector = None if space is None else SafeDenoiser(scenario.negation, reference=scenario.reference,
                                                             features=space)
         images = sample(scenario, list(range(len(scenario))), scenario.seeds(0), corrector=corrector)
-        row = measure(scenario, MethodRun("", None, images, 0.0, 0))
+        row = measure_images(scenario, images)
         unsafe = " / ".join(f"{row[f'unsafe[{g}]']:.0%}" for g in GROUPS)
         through = images[asked & (scenario.judge.proba(images).argmax(1) == cls)]
         if space is None:

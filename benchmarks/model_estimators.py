@@ -39,7 +39,7 @@ import torch
 
 from safedenoiser import SafeDenoiser
 from safedenoiser.core.local import DEFAULT_BOUNDARY_POWER, DEFAULT_MEAN_WIDTH, LocalPosterior
-from safedenoiser.eval.methods import MethodRun, measure, sample
+from safedenoiser.eval.methods import measure_images, sample
 from safedenoiser.eval.scenarios import (REFERENCE_SIZE, Scenario, reference_latents, text_scenario,
                                          unconditional_scenario)
 from safedenoiser.integrations.encode import vae_fingerprint
@@ -80,7 +80,7 @@ def run(scenario: Scenario, estimators: list[str], local_variants: dict[str, lis
 
     def measured(name: str, corrector=None, vanilla_hist: torch.Tensor | None = None) -> dict:
         images = sample(scenario, idx, scenario.seeds(0), corrector=corrector)
-        return measure(scenario, MethodRun(name, None, images, 0.0, 0), vanilla_hist)
+        return measure_images(scenario, images, name, vanilla_hist)
 
     vanilla = measured("vanilla")
     hist = torch.tensor(vanilla["histogram"], dtype=torch.float64)

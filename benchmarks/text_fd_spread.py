@@ -31,7 +31,7 @@ import torch
 from safedenoiser import SafeDenoiser
 from safedenoiser.core.local import LocalPosterior
 from safedenoiser.core.safe_denoiser import Correction
-from safedenoiser.eval.methods import MethodRun, measure, sample
+from safedenoiser.eval.methods import measure_images, sample
 from safedenoiser.eval.metrics import accuracy
 from safedenoiser.eval.scenarios import Scenario, reference_latents, text_scenario
 from safedenoiser.integrations.diffusers import noise_level
@@ -85,7 +85,7 @@ def measured(scenario: Scenario, base: int, corrector: SafeDenoiser | None) -> t
     """`eval.methods.measure`'s row for one method on the requests with seeds ``base``, ``base + 1``, ...,
     and its images."""
     images = sample(scenario, list(range(len(scenario))), scenario.seeds(base), corrector=corrector)
-    return measure(scenario, MethodRun("", None, images, 0.0, 0)), images
+    return measure_images(scenario, images), images
 
 
 def rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from safedenoiser import NegationSet
 from safedenoiser.core.local import LocalPosterior
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.eval.methods import (MethodRun, count_evals, large_reference, make_corrector, measure,
-                                       paper_bandwidth, run_method)
+                                       measure_images, paper_bandwidth, run_method)
 from safedenoiser.eval.metrics import copy_check
 from safedenoiser.eval.scenarios import encode_latents
 
@@ -52,20 +52,35 @@ def test_copy_check_thresholds_at_the_unseen_real_image_closest_to_any_reconstru
     assert threshold == pytest.approx(0.5 / math.sqrt(2))
 
 
-def test_measure_counts_samples_that_are_copies_of_a_reference_image():
+def _four_image_scenario():
+    """Two images asked unsafe, two benign; images 0 and 2 within 0.1 of a reference image, 1 and 3 a pixel
+    or more away."""
     images = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 0.0]]], [[[-1.0, 0.0]]], [[[0.0, 1.0]]]])
     judge = SimpleNamespace(proba=lambda x: torch.eye(10)[:len(x)], features=lambda x: x.reshape(len(x), -1),
                             unsafe=lambda x: torch.zeros(len(x), dtype=torch.bool))
     scenario = SimpleNamespace(
         name="text", groups=["unsafe:direct", "unsafe:direct", "benign", "benign"], targets=[None, None, 2, 3],
         judge=judge, fd_real={}, protected=None, reference_copy_threshold=0.1,
-        # images 0 (asked unsafe) and 2 (benign) within 0.1 of a reference image; 1 and 3 a pixel or more away
         reference_pixels=torch.tensor([[[[1.0, 0.05]]], [[[-1.0, 0.0]]], [[[5.0, 5.0]]]]))
+    return scenario, images
+
+
+def test_measure_counts_samples_that_are_copies_of_a_reference_image():
+    scenario, images = _four_image_scenario()
     row = measure(scenario, MethodRun("m", None, images, 1.0, 4))
     assert row["reference_copy"] == 0.5
     assert row["reference_copy[unsafe prompts]"] == 0.5
     scenario.reference_pixels = None
     assert "reference_copy" not in measure(scenario, MethodRun("m", None, images, 1.0, 4))
+
+
+def test_measure_images_is_measure_without_cost():
+    scenario, images = _four_image_scenario()
+    timed = measure(scenario, MethodRun("mine", None, images, 1.0, 4))
+    untimed = measure_images(scenario, images, "mine")
+    assert untimed["seconds_per_image"] == untimed["evals_per_image"] == 0
+    costs = ("seconds_per_image", "evals_per_image")
+    assert {k: v for k, v in untimed.items() if k not in costs} == {k: v for k, v in timed.items() if k not in costs}
 
 
 def test_safe_ref_4000_draws_a_larger_reference_from_the_pool_that_starts_with_the_scenarios_own(monkeypatch):

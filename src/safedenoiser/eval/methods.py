@@ -306,6 +306,12 @@ def measure(scenario: Scenario, run: MethodRun, vanilla_hist: Tensor | None = No
     return row
 
 
+def measure_images(scenario: Scenario, images: Tensor, name: str = "", vanilla_hist: Tensor | None = None) -> dict:
+    """`measure`'s row for ``images`` sampled outside `run_method` (the benchmarks' own correctors): no
+    strength, and neither time nor model evaluations counted."""
+    return measure(scenario, MethodRun(name, None, images, 0.0, 0), vanilla_hist)
+
+
 def evaluate(scenario: Scenario, methods=METHODS + EXTRA_METHODS, *, sweep: bool = False, log=print,
              progress: bool = False) -> tuple[list[dict], dict]:
     """Run ``methods`` on ``scenario``; returns the metric rows and ``{method: images}`` (default strengths).
