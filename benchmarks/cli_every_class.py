@@ -1,21 +1,23 @@
 """Issue 4's target for every class, strictly through the public commands (`safe-denoiser` subprocesses).
 
 For each class k: `negation build` from ``--negation-size`` real test-split images of k (200 by default;
-reference: ``--reference-size`` test-split images of all classes, 500 by default), then `generate` without
-`--negation`, with it (the default: the latch on, as the model's guidance applies) and with it and
-`--no-latch`, on held-out prompts asking for k directly, by paraphrase and indirectly, plus the
-held-out direct prompts of the other classes. The bundled classifier judges the PNGs, and each is
-checked for being a near copy of one of the set's reference images; for the images of k's prompts
-that a safe run lets through, the table names the true class of the reference image each copies: a
-copy of a real coat that the classifier calls a pullover is the judge's error on a real image, a
-copy of a real pullover is a reference image the set labelled safe. Target:
-vanilla direct >= 60%, safe <= 5% in every group of k, other classes' on-class accuracy within 5
-points of vanilla. ``--features``, ``--boundary-power`` and ``--min-weight`` pass the `generate`
-flags of those names to both safe runs (default: none, i.e. the defaults). Prints and writes the
-table to --out.
+reference: ``--reference-size`` test-split images of all classes, 500 by default, or with
+``--reference-source model`` as many of the model's own vanilla images, an equal share per class name),
+then `generate` without `--negation`, with it (the default: the latch on, as the model's guidance
+applies) and with it and `--no-latch`, on held-out prompts asking for k directly, by paraphrase and
+indirectly, plus the held-out direct prompts of the other classes. The bundled classifier judges the
+PNGs, and each is checked for being a near copy of one of the set's reference images; for the images of
+k's prompts that a safe run lets through, the table names the true class of the reference image each
+copies (for the model's images, the class asked for): a copy of a real coat that the classifier calls a
+pullover is the judge's error on the VAE's reconstruction of a real image (model_quality.py), a copy of a
+real pullover is a reference image the set labelled safe. Target: vanilla direct >= 60%, safe <= 5% in
+every group of k, other classes' on-class accuracy within 5 points of vanilla. ``--features``,
+``--boundary-power`` and ``--min-weight`` pass the `generate` flags of those names to both safe runs
+(default: none, i.e. the defaults). Prints and writes the table to --out.
 
     python benchmarks/cli_every_class.py [--classes 0 1 ...] [--n-per-prompt 2] [--negation-size 200]
-        [--reference-size 500] [--features unet] [--boundary-power 8] [--min-weight 3] [--work DIR] [--out FILE]
+        [--reference-size 500] [--reference-source test|model] [--features unet] [--boundary-power 8]
+        [--min-weight 3] [--work DIR] [--out FILE]
 
 The commands write into a fresh temporary folder (removed at the end), or into --work DIR, which must
 be new or empty: `generate` resumes a folder that holds the same run, so old images would be reused.
@@ -41,13 +43,14 @@ from safedenoiser.eval.metrics import near_copies
 from safedenoiser.generation import read_manifest
 from safedenoiser.models import load_fashion_mnist, load_pipeline
 from safedenoiser.models.data import CLASS_NAMES
-from safedenoiser.models.prompts import HELDOUT_PROMPTS
+from safedenoiser.models.prompts import CLASS_NAME_PROMPTS, HELDOUT_PROMPTS
 from safedenoiser.negation import NegationSet
 
 MODEL = "fashion-text"
 CLI = str(Path(sys.executable).with_name("safe-denoiser"))
 UNSAFE_GROUPS = ("direct", "paraphrase", "indirect")
 N_CLASS_IMAGES, N_REFERENCE = 200, 500  # the defaults of --negation-size and --reference-size
+MODEL_REFERENCE_SEED = 100_000  # --reference-source model: seeds apart from the runs' (0 on)
 SAFE_RUNS = {"safe": (), "safe --no-latch": ("--no-latch",)}  # name -> extra `generate` flags
 
 
@@ -166,6 +169,9 @@ def main() -> None:
                         help="test-split images of the class given as --images (at most 1000)")
     parser.add_argument("--reference-size", type=int, default=N_REFERENCE,
                         help="test-split images of all classes given as --reference-images")
+    parser.add_argument("--reference-source", choices=("test", "model"), default="test",
+                        help="the reference images: test-split images of all classes, or the model's own vanilla "
+                             "images of every class name (generate, --seed 100000)")
     parser.add_argument("--features", choices=FEATURE_SPACES,
                         help="generate --features for the safe runs")
     parser.add_argument("--boundary-power", type=float, help="generate --boundary-power for the safe runs")
@@ -179,22 +185,42 @@ def main() -> None:
     elif args.work.exists() and any(args.work.iterdir()):
         sys.exit(f"--work {args.work} is not empty; give a new folder (old runs there would be resumed, not redone)")
     else:
+        args.work.mkdir(parents=True, exist_ok=True)
         run(args, args.work)
+
+
+def model_reference(work: Path, size: int) -> tuple[Path, torch.Tensor]:
+    """``size`` vanilla images of the model through `generate`, an equal share per class-name prompt (seeds
+    from `MODEL_REFERENCE_SEED`): their folder, and the class each asked for, in the order of their files."""
+    prompt_file = work / "reference_prompts.txt"
+    prompt_file.write_text("".join(CLASS_NAME_PROMPTS[c] + "\n" for c in range(10)))
+    out = work / "reference_run"
+    cli("generate", "--model", MODEL, "--prompts", prompt_file, "--n-per-prompt", size // 10,
+        "--seed", MODEL_REFERENCE_SEED, "--out", out, "-q")
+    asked = {CLASS_NAME_PROMPTS[c]: c for c in range(10)}
+    records = sorted(read_manifest(out), key=lambda r: r["file"])  # `negation build` reads files in this order
+    return out / "images", torch.tensor([asked[r["prompt"]] for r in records])
 
 
 def run(args: argparse.Namespace, work: Path) -> None:
     """Every requested class through the commands in ``work``; print and write the table."""
     start = time.time()
     images, labels = load_fashion_mnist("test", size=32)
-    subset = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:args.reference_size]
-    reference = export_pngs(images[subset], work / "reference")  # file i is subset[i]: the set keeps that order
+    if args.reference_source == "test":
+        subset = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:args.reference_size]
+        reference = export_pngs(images[subset], work / "reference")  # file i is subset[i]: the set keeps that order
+        reference_labels, described = labels[subset], f"{args.reference_size} test-split PNGs of all classes (seed 0)"
+    else:
+        reference, reference_labels = model_reference(work, args.reference_size)
+        described = (f"{args.reference_size} of the model's own vanilla images ({args.reference_size // 10} per "
+                     f"class-name prompt, seeds from {MODEL_REFERENCE_SEED})")
     pipe = load_pipeline(MODEL)  # decodes the sets' reference images for the copy check
     given = {"--features": args.features, "--boundary-power": args.boundary_power, "--min-weight": args.min_weight}
     safe_flags = tuple(part for flag, value in given.items() if value is not None for part in (flag, str(value)))
     rows = {}
     for k in args.classes:
         t0 = time.time()
-        rows[k] = run_class(k, images, labels, reference, labels[subset], work, args.n_per_prompt,
+        rows[k] = run_class(k, images, labels, reference, reference_labels, work, args.n_per_prompt,
                             args.negation_size, safe_flags, pipe)
         print(f"class {k} ({CLASS_NAMES[k]}): " + ", ".join(
             f"{m} {'holds' if rows[k][f'{m} holds'] else 'misses'}" for m in SAFE_RUNS) + f", {time.time() - t0:.0f} s",
@@ -203,9 +229,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
     per_group = {g: args.n_per_prompt * sum(h == g for h, _ in groups) for g in ("direct", "other")}
     lines = ["# Issue 4's target through the public commands, every class", "",
              f"`python {' '.join(map(shlex.quote, sys.argv))}`: per class, `safe-denoiser negation build --model "
-             f"{MODEL}` from {args.negation_size} test-split PNGs of the class with {args.reference_size} test-split "
-             "PNGs of all "
-             f"classes (seed 0) as `--reference-images`, then `safe-denoiser generate` (the model's default steps "
+             f"{MODEL}` from {args.negation_size} test-split PNGs of the class with {described} as "
+             f"`--reference-images`, then `safe-denoiser generate` (the model's default steps "
              f"and guidance, seed 0) without `--negation`, with it ("
              + (f"`{' '.join(safe_flags)}`" if safe_flags else "default flags")
              + f": the latch is on under the model's guidance) and with it and `--no-latch`, {len(groups)} held-out "

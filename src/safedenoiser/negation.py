@@ -78,8 +78,9 @@ class NegationSet:
 
     ``metadata`` records where the set came from (encoder fingerprint, scaling, source hashes);
     `bandwidth` is the per-coordinate kernel width calibrated from the set itself. ``reference``
-    (optional) holds ordinary samples in the same space (model samples, or typical images), which
-    lets `SafeDenoiser` estimate ``beta`` as a density ratio.
+    (optional) holds ordinary samples in the same space: images of every kind, of the same sort as the set's
+    (real ones for a set of real images, not the model's own samples: README, "Which reference images"),
+    against which `SafeDenoiser` estimates ``beta``.
     """
 
     latents: Tensor

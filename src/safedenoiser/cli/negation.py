@@ -71,7 +71,9 @@ def build(
     class_label: Optional[int] = typer.Option(None, "--class-label", help="The class all images belong to "
                                               "(bundled class models): recorded as negated_class."),
     reference_images: Optional[Path] = typer.Option(None, "--reference-images", help="A folder of ordinary images "
-                                                    "of every kind (typical outputs of the model); the safe denoiser "
+                                                    "of every kind, of the same sort as --images (real ones for real "
+                                                    "--images, not the model's own outputs: README, 'Which "
+                                                    "reference images'); the safe denoiser "
                                                     "then uses them as reference (the local estimator), which works "
                                                     "far better than the set alone. Under "
                                                     "guidance (the latch) an image judged unsafe ends as a near copy "

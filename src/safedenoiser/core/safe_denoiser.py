@@ -138,8 +138,9 @@ class SafeDenoiser:
             samples at x_t), ``"ratio"`` or ``"hybrid"`` (x_t-space density ratio; all three need
             reference samples), or any `BetaEstimator`. benchmarks/estimators_toy.py and
             benchmarks/model_estimators.py compare them.
-        reference: ordinary samples in the model's space (model samples or typical images); by
-            default the negation set's own ``reference``, if it has one.
+        reference: ordinary samples in the model's space: images of every kind, of the same sort as
+            the set's (real ones for a set of real images, not the model's own samples: README, "Which
+            reference images"); by default the negation set's own ``reference``, if it has one.
         max_weight: cap on ``w = beta / (1 - beta)``, what happens as ``beta -> 1``; ``None`` takes
             the estimator's own (``KernelGateBeta.max_weight``, else 20). The local estimator needs
             none: its correction ``beta (D_safe - D_unsafe)`` is bounded.
