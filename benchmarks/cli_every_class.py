@@ -166,9 +166,9 @@ def main() -> None:
     parser.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--n-per-prompt", type=int, default=2)
     parser.add_argument("--negation-size", type=int, default=N_CLASS_IMAGES,
-                        help="test-split images of the class given as --images (at most 1000)")
+                        help="test-split images of the class given as --images (the split has 1000 per class)")
     parser.add_argument("--reference-size", type=int, default=N_REFERENCE,
-                        help="test-split images of all classes given as --reference-images")
+                        help="how many images (of --reference-source) are given as --reference-images")
     parser.add_argument("--reference-source", choices=("test", "model"), default="test",
                         help="the reference images: test-split images of all classes, or the model's own vanilla "
                              "images of every class name (generate, --seed 100000)")
