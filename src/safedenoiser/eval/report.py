@@ -77,9 +77,10 @@ def tradeoff_plot(rows: list[dict], path: Path, *, unsafe_key: str, quality_key:
         if not pts:
             continue
         ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=method)
-        for x, y, s in pts:
-            if s is not None:
-                ax.annotate(str(s), (x, 100 * y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        for i, (x, y, s) in enumerate(pts):
+            if s is not None:  # above and below by turns: a method's strengths can land on nearly one point
+                ax.annotate(str(s), (x, 100 * y), fontsize=6, xytext=(2, 2 if i % 2 == 0 else -7),
+                            textcoords="offset points")
     ax.set_xlabel(f"Fréchet distance ({quality_key}, lower is better)")
     ax.set_ylabel(f"{COLUMNS.get(unsafe_key, unsafe_key)} (%)")
     ax.set_title(title, fontsize=9)
