@@ -1,7 +1,8 @@
 """Reports: results as JSON per scenario, picture grids, the trade-off plot and ``docs/results.md``.
 
-`save_results` writes one scenario's rows (and its grid); `render_markdown` turns every saved
-scenario into one markdown page, so scenarios can be run separately and the page re-rendered.
+`save_results` writes one scenario's rows (and its grid) and `load_results` reads every saved
+scenario back, so scenarios can be run separately and the page re-rendered from the JSON
+(benchmarks/run_eval.py ``--render``); `markdown_table` and `histogram_table` are the page's tables.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def save_results(out: Path, key: str, rows: list[dict], info: dict, images: dict
 
 
 def _fmt(key: str, value) -> str:
+    """One table cell: blank when missing, a percentage for the `PERCENT` keys, else 2 (or 3) decimals."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if key in PERCENT:
@@ -112,6 +114,7 @@ def _fmt(key: str, value) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
+    """The metric rows as a markdown table: method, its setting, then every `COLUMNS` metric some row has."""
     keys = [k for k in COLUMNS if any(k in r for r in rows)]
     head = ["method", "setting"] + [COLUMNS[k] for k in keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -126,6 +129,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def histogram_table(rows: list[dict]) -> str:
+    """Each row's class histogram (shares) as percentages, one column per class."""
     head = ["method"] + [str(c) for c in range(10)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -134,4 +138,5 @@ def histogram_table(rows: list[dict]) -> str:
 
 
 def load_results(out: Path) -> dict[str, dict]:
+    """Every ``key.json`` that `save_results` wrote into ``out``, by key."""
     return {p.stem: json.loads(p.read_text()) for p in sorted(Path(out).glob("*.json"))}
