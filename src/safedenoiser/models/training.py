@@ -285,7 +285,7 @@ def _min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float 
     return torch.clamp(snr, max=gamma) / snr
 
 
-def _train_unet(unet, condition_fn, latents_mean, latents_std, scaling_factor, steps, seed,
+def _train_unet(unet, condition_fn, latents_mean, latents_std, scaling_factor, steps,
                 batch_size, lr, ema_decay, desc, gen):
     """The shared epsilon-prediction loop; `condition_fn(idx, gen)` gives the UNet's extra kwargs."""
     from diffusers import DDPMScheduler
@@ -369,7 +369,7 @@ def train_text_unet(out: Path | None = None, steps: int = 2400, seed: int = 0,
         return {"encoder_hidden_states": embeds[pick]}
 
     start_time = time.time()
-    ema_unet, final_loss = _train_unet(unet, condition, mean, std, scaling, steps, seed,
+    ema_unet, final_loss = _train_unet(unet, condition, mean, std, scaling, steps,
                                        batch_size, lr, ema_decay, "train text unet", gen)
     wall = time.time() - start_time
     save_bundle(out, unet=ema_unet, vae=vae, kind="text")
@@ -407,7 +407,7 @@ def train_class_unet(out: Path | None = None, steps: int = 3000, seed: int = 0,
         return {"class_labels": y}
 
     start_time = time.time()
-    ema_unet, final_loss = _train_unet(unet, condition, mean, std, scaling, steps, seed,
+    ema_unet, final_loss = _train_unet(unet, condition, mean, std, scaling, steps,
                                        batch_size, lr, ema_decay, "train class unet", gen)
     wall = time.time() - start_time
     save_bundle(out, unet=ema_unet, vae=vae, kind="class")
