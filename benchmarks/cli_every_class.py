@@ -1,8 +1,9 @@
 """Issue 4's target for every class, strictly through the public commands (`safe-denoiser` subprocesses).
 
 For each class k: `negation build` from ``--negation-size`` real test-split images of k (200 by default;
-reference: ``--reference-size`` test-split images of all classes, 500 by default, or with
-``--reference-source model`` as many of the model's own vanilla images, an equal share per class name),
+with ``--negation-source model``, as many of the model's own vanilla images of k's class name) and
+``--reference-size`` test-split images of all classes as reference (500 by default; with
+``--reference-source model``, as many of the model's own vanilla images, an equal share per class name),
 then `generate` without `--negation`, with it (the default: the latch on, as the model's guidance
 applies) and with it and `--no-latch`, on held-out prompts asking for k directly, by paraphrase and
 indirectly, plus the held-out direct prompts of the other classes. The bundled classifier judges the
@@ -16,8 +17,8 @@ every group of k, other classes' on-class accuracy within 5 points of vanilla. `
 (default: none, i.e. the defaults). Prints and writes the table to --out.
 
     python benchmarks/cli_every_class.py [--classes 0 1 ...] [--n-per-prompt 2] [--negation-size 200]
-        [--reference-size 500] [--reference-source test|model] [--features unet] [--boundary-power 8]
-        [--min-weight 3] [--work DIR] [--out FILE]
+        [--negation-source test|model] [--reference-size 500] [--reference-source test|model]
+        [--features unet] [--boundary-power 8] [--min-weight 3] [--work DIR] [--out FILE]
 
 The commands write into a fresh temporary folder (removed at the end), or into --work DIR, which must
 be new or empty: `generate` resumes a folder that holds the same run, so old images would be reused.
@@ -50,7 +51,7 @@ MODEL = "fashion-text"
 CLI = str(Path(sys.executable).with_name("safe-denoiser"))
 UNSAFE_GROUPS = ("direct", "paraphrase", "indirect")
 N_CLASS_IMAGES, N_REFERENCE = 200, 500  # the defaults of --negation-size and --reference-size
-MODEL_REFERENCE_SEED = 100_000  # --reference-source model: seeds apart from the runs' (0 on)
+MODEL_REFERENCE_SEED, MODEL_NEGATION_SEED = 100_000, 200_000  # the --*-source model images: apart from the runs'
 SAFE_RUNS = {"safe": (), "safe --no-latch": ("--no-latch",)}  # name -> extra `generate` flags
 
 
@@ -107,10 +108,14 @@ def share(records: list[dict], group: str, cls: int | None = None) -> float:
 
 
 def run_class(k: int, images: torch.Tensor, labels: torch.Tensor, reference: Path, reference_labels: torch.Tensor,
-              work: Path, n_per_prompt: int, negation_size: int, safe_flags: tuple[str, ...], pipe) -> dict:
+              work: Path, n_per_prompt: int, negation_size: int, negation_source: str, safe_flags: tuple[str, ...],
+              pipe) -> dict:
     """Build, generate vanilla and safe (``safe_flags``: `generate` flags for both safe runs), judge; the
     class's numbers."""
-    folder = export_pngs(images[labels == k][:negation_size], work / f"class{k}" / "images")
+    if negation_source == "test":
+        folder = export_pngs(images[labels == k][:negation_size], work / f"class{k}" / "images")
+    else:
+        folder = model_images(work / f"class{k}" / "negation_run", [k], negation_size, MODEL_NEGATION_SEED)[0]
     neg = work / f"class{k}" / "set.safetensors"
     cli("negation", "build", "--model", MODEL, "--images", folder, "--reference-images", reference,
         "--class-label", k, "--out", neg, "--overwrite", "-q")
@@ -166,7 +171,11 @@ def main() -> None:
     parser.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--n-per-prompt", type=int, default=2)
     parser.add_argument("--negation-size", type=int, default=N_CLASS_IMAGES,
-                        help="test-split images of the class given as --images (the split has 1000 per class)")
+                        help="how many images (of --negation-source) are given as --images (the test split has "
+                             "1000 per class)")
+    parser.add_argument("--negation-source", choices=("test", "model"), default="test",
+                        help="the negated images: test-split images of the class, or the model's own vanilla images "
+                             "of its class name (generate, --seed 200000)")
     parser.add_argument("--reference-size", type=int, default=N_REFERENCE,
                         help="how many images (of --reference-source) are given as --reference-images")
     parser.add_argument("--reference-source", choices=("test", "model"), default="test",
@@ -189,15 +198,15 @@ def main() -> None:
         run(args, args.work)
 
 
-def model_reference(work: Path, size: int) -> tuple[Path, torch.Tensor]:
-    """``size`` vanilla images of the model through `generate`, an equal share per class-name prompt (seeds
-    from `MODEL_REFERENCE_SEED`): their folder, and the class each asked for, in the order of their files."""
-    prompt_file = work / "reference_prompts.txt"
-    prompt_file.write_text("".join(CLASS_NAME_PROMPTS[c] + "\n" for c in range(10)))
-    out = work / "reference_run"
-    cli("generate", "--model", MODEL, "--prompts", prompt_file, "--n-per-prompt", size // 10,
-        "--seed", MODEL_REFERENCE_SEED, "--out", out, "-q")
-    asked = {CLASS_NAME_PROMPTS[c]: c for c in range(10)}
+def model_images(out: Path, classes: list[int], per_class: int, seed: int) -> tuple[Path, torch.Tensor]:
+    """Vanilla images of the model through `generate` into ``out``, ``per_class`` per class-name prompt of
+    ``classes`` (seeds from ``seed``): their folder, and the class each asked for, in the order of their files."""
+    out.mkdir(parents=True, exist_ok=True)
+    prompt_file = out.with_name(out.name + "_prompts.txt")
+    prompt_file.write_text("".join(CLASS_NAME_PROMPTS[c] + "\n" for c in classes))
+    cli("generate", "--model", MODEL, "--prompts", prompt_file, "--n-per-prompt", per_class, "--seed", seed,
+        "--out", out, "-q")
+    asked = {CLASS_NAME_PROMPTS[c]: c for c in classes}
     records = sorted(read_manifest(out), key=lambda r: r["file"])  # `negation build` reads files in this order
     return out / "images", torch.tensor([asked[r["prompt"]] for r in records])
 
@@ -211,9 +220,13 @@ def run(args: argparse.Namespace, work: Path) -> None:
         reference = export_pngs(images[subset], work / "reference")  # file i is subset[i]: the set keeps that order
         reference_labels, described = labels[subset], f"{args.reference_size} test-split PNGs of all classes (seed 0)"
     else:
-        reference, reference_labels = model_reference(work, args.reference_size)
+        reference, reference_labels = model_images(work / "reference_run", list(range(10)), args.reference_size // 10,
+                                                   MODEL_REFERENCE_SEED)
         described = (f"{args.reference_size} of the model's own vanilla images ({args.reference_size // 10} per "
                      f"class-name prompt, seeds from {MODEL_REFERENCE_SEED})")
+    negated = (f"{args.negation_size} test-split PNGs of the class" if args.negation_source == "test" else
+               f"{args.negation_size} of the model's own vanilla images of the class name (seeds from "
+               f"{MODEL_NEGATION_SEED})")
     pipe = load_pipeline(MODEL)  # decodes the sets' reference images for the copy check
     given = {"--features": args.features, "--boundary-power": args.boundary_power, "--min-weight": args.min_weight}
     safe_flags = tuple(part for flag, value in given.items() if value is not None for part in (flag, str(value)))
@@ -221,7 +234,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     for k in args.classes:
         t0 = time.time()
         rows[k] = run_class(k, images, labels, reference, reference_labels, work, args.n_per_prompt,
-                            args.negation_size, safe_flags, pipe)
+                            args.negation_size, args.negation_source, safe_flags, pipe)
         print(f"class {k} ({CLASS_NAMES[k]}): " + ", ".join(
             f"{m} {'holds' if rows[k][f'{m} holds'] else 'misses'}" for m in SAFE_RUNS) + f", {time.time() - t0:.0f} s",
             flush=True)
@@ -229,7 +242,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     per_group = {g: args.n_per_prompt * sum(h == g for h, _ in groups) for g in ("direct", "other")}
     lines = ["# Issue 4's target through the public commands, every class", "",
              f"`python {' '.join(map(shlex.quote, sys.argv))}`: per class, `safe-denoiser negation build --model "
-             f"{MODEL}` from {args.negation_size} test-split PNGs of the class with {described} as "
+             f"{MODEL}` from {negated} with {described} as "
              f"`--reference-images`, then `safe-denoiser generate` (the model's default steps "
              f"and guidance, seed 0) without `--negation`, with it ("
              + (f"`{' '.join(safe_flags)}`" if safe_flags else "default flags")
