@@ -173,21 +173,22 @@ def _targets(spec, method: str, seeds=(0, 1), n: int = 4000) -> tuple[float, flo
     return share, sw2 / noise_floor(spec.safe_mixture(), n)
 
 
-CLOSE_MISS = ("known miss on this mixture (the benchmark's 2-D close mixture is within target, "
-              "docs/results/estimators_toy_seeds12.md): with the negated component 2.5 sd from a kept one the "
-              "labelled estimator labels some of the kept component's reference samples nearest the negated one "
-              "unsafe and removes their mass: SW2 2.7x the floor, negated share 2.7% (the exact safe denoiser: 5.9%)")
+CLOSE_MISS = ("known miss on this mixture: with the negated component 2.5 sd from a kept one the labelled estimator "
+              "labels some of the kept component's reference samples nearest the negated one unsafe and removes "
+              "their mass: SW2 2.7x the floor, negated share 2.7% (the exact safe denoiser: 5.9%). On the benchmark's "
+              "close mixtures SW2 is within 2.5x on average and the share is not everywhere (2-D: 2.39% DPM++, 3.75% "
+              "ancestral; 16-D: 4.99%, 7.70%; docs/results/estimators_toy_seeds12.md)")
 
 
 @pytest.mark.parametrize("data", [SPEC_2D, _spec_16d(),
                                   pytest.param(_spec_close(), marks=pytest.mark.xfail(reason=CLOSE_MISS, strict=True))],
                          ids=["2-D", "16-D", "2-D close"])
 def test_kernel_method_reaches_the_targets_with_the_default_estimator(data):
-    """Only D and 250-300 negation samples: negated share <= 3% (or <= 2x exact), SW2 <= 2.5x the floor."""
+    """Only D and 250-300 negation samples: negated share <= 3%, SW2 <= 2.5x the floor (issue 2's kernel targets;
+    the "2x what exact safe samples show" allowance is the exact method's alone)."""
     spec = parse_spec(data)
     share, sw2 = _targets(spec, "kernel")
-    exact_share, _ = _targets(spec, "exact", seeds=(0,))
-    assert share <= max(0.03, 2 * exact_share)
+    assert share <= 0.03
     assert sw2 <= 2.5
     vanilla_share, _ = _targets(spec, "vanilla", seeds=(0,))
     assert vanilla_share >= 0.3  # there was something to remove
