@@ -43,7 +43,7 @@ from safedenoiser.eval.metrics import (accuracy, class_histogram, frechet_distan
 from safedenoiser.eval.scenarios import LARGE_REFERENCE_SIZE, Scenario, pool_reference
 
 METHODS = ("vanilla", "negative", "sld", "spell", "safe-paper", "safe", "safe-ref", "rejection")
-# reference = the model's own samples (other seeds); the latched local estimator. Not in the sweep
+# safe-ref with another reference (the model's own samples; 4,000 images) or the latch. Not in the sweep
 EXTRA_METHODS = ("safe-ref-model", "safe-ref-latch", "safe-ref-4000")
 REFERENCE_SEED = 500_000  # seeds of the model samples that serve as reference (disjoint from the eval's)
 # Each method's knob and the values the trade-off sweep visits (the first is the default).
