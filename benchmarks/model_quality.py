@@ -19,26 +19,15 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from safedenoiser.eval.judges import ClassifierJudge
+from safedenoiser.eval.methods import decode
+from safedenoiser.eval.metrics import frechet_distance
+from safedenoiser.eval.scenarios import encode_latents
 from safedenoiser.models.data import CLASS_NAMES, load_fashion_mnist
 from safedenoiser.models.prompts import CLASS_NAME_PROMPTS, HELDOUT_PROMPTS
-from safedenoiser.models.registry import (WEIGHTS_DIR, load_classifier, load_pipeline,
-                                          sampling_defaults)
-
-
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets (the FID formula)."""
-    from scipy import linalg
-
-    a, b = a.double().numpy(), b.double().numpy()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    # ReLU features have dead dimensions: regularise as the reference FID code does when singular
-    offset = np.eye(len(cov_a)) * 1e-6
-    covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset)).real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
+from safedenoiser.models.registry import WEIGHTS_DIR, load_pipeline, sampling_defaults
 
 
 def _sample(pipe, conditions: list, steps: int, guidance: float, seed: int,
@@ -64,14 +53,10 @@ def _agreement(judge, images: torch.Tensor, targets: list[int]) -> dict:
             "min_class": round(min(per_class.values()), 4)}
 
 
-def evaluate_vae(judge, images: torch.Tensor, labels: torch.Tensor) -> dict:
-    """The judge on the test images and on their reconstructions by the bundled VAE (to its latents and
+def evaluate_vae(judge: ClassifierJudge, pipe, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """The judge on the test images and on their reconstructions by ``pipe``'s VAE (to its latents and
     back, as every sample of the UNets and every near copy of a reference image is decoded): per class,
     the share judged as the true class, and on the reconstructions the class most often judged instead."""
-    from safedenoiser.eval.methods import decode
-    from safedenoiser.eval.scenarios import encode_latents
-
-    pipe = load_pipeline("fashion-text")  # both UNets denoise this VAE's latents
     real, rebuilt = judge.predict(images), judge.predict(decode(pipe, encode_latents(pipe, images)))
     per_class = {}
     for c in range(10):
@@ -87,26 +72,24 @@ def evaluate_vae(judge, images: torch.Tensor, labels: torch.Tensor) -> dict:
             "reconstructed": round((rebuilt == labels).float().mean().item(), 4), "per_class": per_class}
 
 
-def evaluate_class(judge, n: int, steps: int, guidance: float, seed: int, test_feats) -> dict:
-    pipe = load_pipeline("fashion-class")
-    pipe.set_progress_bar_config(disable=True)
+def evaluate_class(judge: ClassifierJudge, pipe, n: int, steps: int, guidance: float, seed: int,
+                   test_feats: torch.Tensor) -> dict:
     labels = [c for c in range(10) for _ in range(n)]
     images = _sample(pipe, labels, steps, guidance, seed)
     result = _agreement(judge, images, labels)
     result["frechet_classifier_features"] = round(
-        frechet_distance(judge.features_eval(images), test_feats), 3)
+        frechet_distance(judge.features(images), test_feats), 3)
     uncond = _sample(pipe, [None] * (10 * n), steps, 1.0, seed + 10_000)
     counts = torch.bincount(judge.predict(uncond), minlength=10)
     result["unconditional_class_shares"] = {
         CLASS_NAMES[c]: round(counts[c].item() / len(uncond), 4) for c in range(10)}
     result["unconditional_frechet_classifier_features"] = round(
-        frechet_distance(judge.features_eval(uncond), test_feats), 3)
+        frechet_distance(judge.features(uncond), test_feats), 3)
     return result, images
 
 
-def evaluate_text(judge, n: int, heldout_n: int, steps: int, guidance: float, seed: int) -> dict:
-    pipe = load_pipeline("fashion-text")
-    pipe.set_progress_bar_config(disable=True)
+def evaluate_text(judge: ClassifierJudge, pipe, n: int, heldout_n: int, steps: int, guidance: float,
+                  seed: int) -> dict:
     prompts = [CLASS_NAME_PROMPTS[c] for c in range(10) for _ in range(n)]
     targets = [c for c in range(10) for _ in range(n)]
     images = _sample(pipe, prompts, steps, guidance, seed)
@@ -156,14 +139,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    judge = load_classifier()
-    judge.features_eval = lambda x: torch.cat(  # eval-mode features in batches
-        [judge.eval().features(x[i:i + 500]).detach() for i in range(0, len(x), 500)])
+    judge = ClassifierJudge()
+    pipes = {model: load_pipeline(model) for model in {*args.models, "fashion-text"}}
+    for pipe in pipes.values():
+        pipe.set_progress_bar_config(disable=True)
     x_test, y_test = load_fashion_mnist("test", size=32)
     with torch.no_grad():
         test_acc = (judge.predict(x_test) == y_test).float().mean().item()
-        test_feats = judge.features_eval(x_test[:2000])
-        vae = evaluate_vae(judge, x_test, y_test)
+        test_feats = judge.features(x_test[:2000])
+        vae = evaluate_vae(judge, pipes["fashion-text"], x_test, y_test)  # both UNets denoise its VAE's latents
     report = {"classifier_test_accuracy": round(test_acc, 4), "vae_reconstructions": vae, "settings": {}}
     print("vae reconstructions", json.dumps(vae, indent=1))
     grids = []
@@ -178,10 +162,10 @@ def main() -> None:
         start = time.time()
         with torch.no_grad():
             if model == "fashion-class":
-                result, images = evaluate_class(judge, args.n, steps, guidance, args.seed,
+                result, images = evaluate_class(judge, pipes[model], args.n, steps, guidance, args.seed,
                                                 test_feats)
             else:
-                result, images = evaluate_text(judge, args.n, args.heldout_n, steps, guidance,
+                result, images = evaluate_text(judge, pipes[model], args.n, args.heldout_n, steps, guidance,
                                                args.seed)
         result["wall_seconds"] = round(time.time() - start, 1)
         report[model] = result
