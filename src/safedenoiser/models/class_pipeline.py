@@ -17,8 +17,6 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from safedenoiser.errors import SafeDenoiserError
 
-NULL_CLASS = 10
-
 
 class FashionClassPipeline(DiffusionPipeline):
     """Sample images of the requested classes; a `None` label samples unconditionally."""

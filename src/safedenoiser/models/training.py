@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.models.data import CLASS_NAMES, load_fashion_mnist
+from safedenoiser.models.registry import TOKENIZER_MAX_LENGTH, WEIGHTS_DIR
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_OUT = {"vae": "fashion-vae", "classifier": "classifier", "text": "fashion-text", "class": "fashion-class"}
 
 # The SD v1 noise schedule, shared by training and the bundled schedulers.
@@ -220,13 +221,10 @@ CLASS_UNET_CONFIG = {
 }
 
 NULL_CLASS = 10
-from safedenoiser.models.registry import TOKENIZER_MAX_LENGTH  # noqa: E402
 
 
 def _vae_dir(vae_dir: Path | None) -> Path:
     """The VAE folder the UNets train on; a clear error when it has not been trained."""
-    from safedenoiser.errors import SafeDenoiserError
-
     path = Path(vae_dir) if vae_dir else WEIGHTS_DIR / DEFAULT_OUT["vae"]
     if not (path / "config.json").is_file():
         raise SafeDenoiserError(f"no AutoencoderKL in {path}: train one first with "
