@@ -75,6 +75,22 @@ def test_labels_adapt_their_kernel_to_the_label_neighbours_th_nearest_point(sets
     assert torch.equal(LocalPosterior(negation, reference, neighbours=20).negated_reference, labels(20))
 
 
+def test_sets_with_fewer_points_than_neighbours_label_with_all_the_others():
+    """3 unsafe and 6 reference samples leave each reference sample 8 other points, fewer than the default 10
+    neighbours: its labels' kernel adapts to the farthest of them, not to itself (left out at distance inf,
+    which made the ratios, the safe means and so the samples NaN)."""
+    gen = torch.Generator().manual_seed(3)
+    negation = NegationSet.from_latents(_cluster(3, 3.0, gen))
+    reference = torch.cat([_cluster(1, 3.0, gen), _cluster(5, -3.0, gen)])
+    local = LocalPosterior(negation, reference)
+    assert torch.equal(local.negated_reference, _direct_ratio(negation, reference, 8) >= 1)
+    assert local.negated_reference.tolist() == [True] + [False] * 5
+    assert local.safe_log_weight.isfinite().all()
+    beta, d_unsafe, d_safe = local(torch.cat([_cluster(2, 3.0, gen), _cluster(2, -3.0, gen)]))
+    assert all(t.isfinite().all() for t in (beta, d_unsafe, d_safe))
+    assert (beta[:2] > 0.9).all() and (beta[2:] < 0.01).all()  # a prior of 1/6 holds the first below 0.99
+
+
 def test_beta_and_local_means_pick_the_right_side(sets):
     negation, reference = sets
     local = LocalPosterior(negation, reference)

@@ -162,8 +162,9 @@ class LocalPosterior:
     def reference_ratio(self, reference: Tensor, unsafe: Tensor, block: int = 1024) -> Tensor:
         """``p_unsafe(r) / p_ref(r)`` at each reference sample, both size-normalised adaptive kernel
         densities (each sample left out of the reference density at itself); ``block`` rows at a time."""
-        def logits(sq: Tensor) -> Tensor:
-            return _adaptive_logits(sq, _neighbour_sq(sq, self.label_neighbours), self.width)
+        def logits(sq: Tensor) -> Tensor:  # each row's own entry is +inf: at most the others are neighbours
+            neighbours = min(self.label_neighbours, sq.shape[1] - 1)
+            return _adaptive_logits(sq, _neighbour_sq(sq, neighbours), self.width)
 
         return leave_one_out_log_ratio(reference, unsafe, logits, block).exp()
 
