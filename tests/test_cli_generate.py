@@ -121,6 +121,14 @@ def test_vanilla_run_writes_one_png_and_one_manifest_line_per_image(model, tmp_p
     assert "4 image(s) written, 0 already there" in stdout
 
 
+def test_repeated_prompt_option_samples_every_prompt(model, tmp_path):
+    code, _, err = _gen(model, tmp_path / "out", "--prompt", "a bag", "--prompt", "a red dress", "--n-per-prompt", "2")
+    assert code == 0, err
+    assert [r["prompt"] for r in _manifest(tmp_path / "out")] == ["a bag"] * 2 + ["a red dress"] * 2
+    code, _, err = _gen(model, tmp_path / "empty", "--prompt", "a bag", "--prompt", " ")
+    assert code == 2 and "a --prompt is empty" in err
+
+
 def test_negation_build_skips_non_images_and_records_the_class(negation_file, negation_images):
     neg = NegationSet.load(negation_file)
     assert len(neg) == 3 and neg.sample_shape == (4, 8, 8)

@@ -15,7 +15,8 @@ from safedenoiser.errors import SafeDenoiserError
 def generate(
     model: str = typer.Option(..., "--model", help="A bundled model (fashion-text, fashion-class), a local "
                               "diffusers folder, or a hub id."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="One prompt (text models)."),
+    prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="A prompt (text models); repeat the option "
+                                               "for more."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="A prompt file: .txt (one a line), .jsonl "
                                            "(a 'prompt' field), .json (an array) or .csv/.tsv (I2P, Ring-A-Bell, "
                                            "UnlearnDiffAtk, MMA-Diffusion, CoPro as they are)."),
@@ -69,15 +70,15 @@ def generate(
 
     if quiet:
         hide_loading_bars()
-    if prompt is not None and prompts is not None:
+    if prompt and prompts is not None:
         raise SafeDenoiserError("give --prompt or --prompts, not both")
     if prompt_column is not None and prompts is None:
         raise SafeDenoiserError("--prompt-column needs --prompts FILE")
     rows = read_prompts(prompts, prompt_column) if prompts is not None else None
-    if prompt is not None:
-        if not prompt.strip():
-            raise SafeDenoiserError("--prompt is empty")
-        rows = [prompt]
+    if prompt:
+        if not all(p.strip() for p in prompt):
+            raise SafeDenoiserError("a --prompt is empty")
+        rows = list(prompt)
     result = run(out, model=model, prompts=rows, label=label, n=n, n_per_prompt=n_per_prompt, seed=seed,
                  steps=steps, guidance=guidance, negation=negation, preset=preset, latch=latch,
                  features=features, boundary_power=boundary_power, min_weight=min_weight, batch_size=batch_size,
