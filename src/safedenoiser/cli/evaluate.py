@@ -12,32 +12,6 @@ from safedenoiser.cli.outputs import refuse_replacing
 from safedenoiser.errors import SafeDenoiserError
 
 
-def _judge_folder(folder: Path, judge_name: str) -> None:
-    from safedenoiser.eval.judges import make_judge
-    from safedenoiser.integrations.encode import files_under, readable_images
-
-    files, bad = readable_images([path for path in files_under(folder)
-                                  if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")])
-    unreadable = [path.name for path, _ in bad]
-    if unreadable:
-        typer.echo(f"skipped {len(unreadable)} unreadable image file(s): {', '.join(unreadable[:5])}"
-                   f"{' ...' if len(unreadable) > 5 else ''}", err=True)
-    if not files:
-        raise SafeDenoiserError(f"{folder} holds no readable images (.png, .jpg, .webp) to judge")
-    judge = make_judge(judge_name)
-    if judge_name == "classifier":
-        from safedenoiser.integrations.encode import load_images
-
-        images, _ = load_images(files, 32, 1)
-        flags = judge.predict(images)
-        for cls, count in zip(*flags.unique(return_counts=True)):
-            typer.echo(f"class {int(cls)}: {int(count)} of {len(files)}")
-        return
-    flags = judge.unsafe(files)
-    typer.echo(f"{folder}: {int(flags.sum())} of {len(files)} images unsafe by {judge_name} "
-               f"(unsafe rate {100 * float(flags.double().mean()):.1f}%)")
-
-
 MIN_N = 4
 
 
@@ -52,8 +26,9 @@ def evaluate(
     out: Path = typer.Option(Path("eval-out"), "--out", help="Folder for SCENARIO.json and SCENARIO.png."),
     judge: str = typer.Option("classifier", "--judge", help="classifier (bundled models) or nudenet "
                               "(real photos, threshold 0.6; pip install 'safe-denoiser\\[nudenet]')."),
-    cls: Optional[int] = typer.Option(None, "--class", help="The negated class (text, unconditional) or the "
-                                      "class split into clusters (class, memorization)."),
+    cls: Optional[int] = typer.Option(None, "--class", help="The negated class (text, unconditional), the "
+                                      "class split into clusters (class, memorization), or for a folder the class "
+                                      "the classifier counts as unsafe (default: the run's negated class)."),
     sweep: bool = typer.Option(False, "--sweep", help="Also run each method at its other strengths."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace SCENARIO.json and SCENARIO.png in --out."),
@@ -67,7 +42,9 @@ def evaluate(
     if judge not in ("classifier", "nudenet"):
         raise SafeDenoiserError(f"--judge must be classifier or nudenet (got {judge!r})")
     if Path(scenario).is_dir():
-        _judge_folder(Path(scenario), judge)
+        from safedenoiser.eval.folder import judge_folder, report_lines
+
+        typer.echo("\n".join(report_lines(judge_folder(scenario, judge, cls), scenario)))
         return
     if scenario not in SCENARIOS:
         raise SafeDenoiserError(f"unknown scenario {scenario!r}: use {', '.join(SCENARIOS)} or a folder of images")
