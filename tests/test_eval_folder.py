@@ -55,6 +55,7 @@ def test_a_run_is_judged_per_prompt_against_its_negated_class(tmp_path):
     assert lines[1] == "judged as: T-shirt/top 3 (50%), Trouser 3 (50%)"
     assert lines[3].split() == ["vanilla:", "trousers", "2", "100%", "Trouser"]
     assert lines[5].split() == ["safe:", "trousers", "2", "50%", "T-shirt/top"]  # a tie: the lower class
+    assert _columns_line_up(lines[2:])
 
 
 def test_the_class_given_replaces_the_runs_and_a_plain_folder_is_judged_whole(tmp_path):
@@ -72,12 +73,19 @@ def test_the_class_given_replaces_the_runs_and_a_plain_folder_is_judged_whole(tm
         "judged as: T-shirt/top 2 (67%), Trouser 1 (33%)"]
 
 
+def _columns_line_up(table: list[str]) -> bool:
+    """Each row's image count ends where the header's "images" does."""
+    end = table[0].index("images") + len("images")
+    return all(row[:end].split()[-1].isdigit() and row[end:end + 2] == "  " for row in table[1:])
+
+
 def test_many_prompts_show_those_with_the_highest_unsafe_share(tmp_path, monkeypatch):
     monkeypatch.setattr(folder_module, "MAX_GROUPS", 2)
     run = _run_folder(tmp_path, [("safe", "p1", 10), ("safe", "p2", 250), ("safe", "p3", 10), ("safe", "p4", 250)])
     lines = report_lines(judge_folder(run), "run")
     assert lines[2] == "the 2 of 4 prompts or labels with the highest unsafe share:"
     assert [line.split()[0] for line in lines[4:]] == ["p2", "p4"]
+    assert _columns_line_up(lines[3:])  # names shorter than the header's
 
 
 def test_eval_folder_refuses_a_class_the_classifier_does_not_know(tmp_path):

@@ -111,8 +111,9 @@ def report_lines(verdict: FolderVerdict, folder: str | Path) -> list[str]:
             names.sort(key=lambda name: -float(verdict.unsafe[verdict.groups[name]].double().mean()))
             lines.append(f"the {MAX_GROUPS} of {len(names)} prompts or labels with the highest unsafe share:")
         names = names[:MAX_GROUPS]
-    width = min(60, max(len(name) for name in names))
-    header = f"{'prompt or label':<{width}}  images" + ("  unsafe" if verdict.unsafe is not None else "")
+    title = "prompt or label"
+    width = min(60, max(len(title), *(len(name) for name in names)))
+    header = f"{title:<{width}}  images" + ("  unsafe" if verdict.unsafe is not None else "")
     lines.append(header + ("  most often" if verdict.predicted is not None else ""))
     for name in names:
         rows = torch.tensor(verdict.groups[name])
