@@ -88,7 +88,11 @@ def test_many_prompts_show_those_with_the_highest_unsafe_share(tmp_path, monkeyp
     assert _columns_line_up(lines[3:])  # names shorter than the header's
 
 
-def test_eval_folder_refuses_a_class_the_classifier_does_not_know(tmp_path):
+@pytest.mark.parametrize("args, message", [
+    (["--class", "12"], "--class must be a Fashion-MNIST class 0..9"),
+    (["--class", "1", "--judge", "nudenet"], "the nudenet judge has its own criterion"),
+])
+def test_eval_folder_refuses_a_class_the_judge_cannot_count(tmp_path, args, message):
     run = _run_folder(tmp_path, [("safe", "trousers", 250)])
-    result = CliRunner().invoke(app, ["eval", str(run), "--class", "12"])
-    assert result.exit_code != 0 and "--class must be a Fashion-MNIST class 0..9" in str(result.exception)
+    result = CliRunner().invoke(app, ["eval", str(run), *args])
+    assert result.exit_code != 0 and message in str(result.exception)

@@ -58,6 +58,9 @@ def judge_folder(folder: str | Path, judge: str = "classifier", negated: int | N
     from safedenoiser.generation import read_manifest
     from safedenoiser.integrations.encode import files_under, load_images, readable_images
 
+    if judge != "classifier" and negated is not None:
+        raise SafeDenoiserError(f"--class picks the class the bundled classifier counts as unsafe; the {judge} "
+                                "judge has its own criterion: leave --class out")
     folder = Path(folder)
     records = read_manifest(folder)
     listed = [folder / r["file"] for r in records] or [p for p in files_under(folder)
