@@ -6,9 +6,11 @@ and writes to docs/results/estimators_toy.md: the share of samples whose most li
 negated, SW2 to exact safe samples divided by the noise floor, and the wall time.
 
     python benchmarks/estimators_toy.py [--n 4000] [--seeds 2] [--jobs 1] [--methods exact kernel/labelled ...]
-        [--out docs/results/estimators_toy.md]
+        [--label-levels 2 4 ...] [--out docs/results/estimators_toy.md]
 
 ``--methods`` keeps only the rows it names (as the table's method column does), for more seeds of a few.
+``--label-levels`` gives the labelled estimator one row per noise level of the denoised estimates it labels
+in (`toy.run.denoised_features`; default: `toy.run.LABEL_LEVEL` alone).
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Callable, Collection, Iterable
+from typing import Callable, Collection, Iterable, Sequence
 
 import torch
 
 from safedenoiser.toy.metrics import negated_share, noise_floor, sw2_to_mixture
-from safedenoiser.toy.run import run_toy
+from safedenoiser.toy.run import LABEL_LEVEL, run_toy
 from safedenoiser.toy.mixture import GaussianMixture
 from safedenoiser.toy.spec import ToySpec, parse_spec
 
@@ -78,14 +80,28 @@ def method_label(method: str, estimator: str) -> str:
     return method if estimator == "-" else f"{method}/{estimator}"
 
 
-def mixture_rows(pair: tuple[str, str], n: int, seeds: int, labels: Collection[str] | None = None) -> list[tuple]:
+def _variants(label_levels: Sequence[float] | None) -> list[tuple[str, str, float, str]]:
+    """``(method, estimator, label level, row name)`` per row of `METHODS`: the labelled estimator once per
+    level of ``label_levels`` (named with it), or once at `LABEL_LEVEL`."""
+    rows = []
+    for method, estimator in METHODS:
+        if estimator == "labelled" and label_levels:
+            rows += [(method, estimator, level, f"{method_label(method, estimator)}, sigma/alpha {level:g}")
+                     for level in label_levels]
+        else:
+            rows.append((method, estimator, LABEL_LEVEL, method_label(method, estimator)))
+    return rows
+
+
+def mixture_rows(pair: tuple[str, str], n: int, seeds: int, labels: Collection[str] | None = None,
+                 label_levels: Sequence[float] | None = None) -> list[tuple]:
     """The row of each method (all, or those ``labels`` name) on one mixture with one sampler (mean and worst
     over ``seeds``)."""
     torch.set_num_threads(1)
     name, sampler = pair
     spec, safe, floor = parsed_mixture(name, n)
     rows = []
-    for method, estimator in METHODS:
+    for method, estimator, level, row_name in _variants(label_levels):
         if labels is not None and method_label(method, estimator) not in labels:
             continue
         if method == "exact samples" and sampler != "dpm++":
@@ -98,11 +114,12 @@ def mixture_rows(pair: tuple[str, str], n: int, seeds: int, labels: Collection[s
             else:
                 samples = run_toy(spec, method, n, seed, sampler=sampler,
                                   estimator="ratio" if estimator in ("-", ORACLE) else estimator,
-                                  prior=spec.negated_weight if estimator == ORACLE else None).samples
+                                  prior=spec.negated_weight if estimator == ORACLE else None,
+                                  label_level=level).samples
             times.append(time.perf_counter() - start)
             shares.append(negated_share(samples, spec.mixture, spec.negate))
             ratios.append(sw2_to_mixture(samples, safe) / floor)
-        row = (name, "-" if method == "exact samples" else sampler, method_label(method, estimator),
+        row = (name, "-" if method == "exact samples" else sampler, row_name,
                sum(shares) / len(shares), max(shares), sum(ratios) / len(ratios), max(ratios),
                sum(times) / len(times))
         rows.append(row)
@@ -119,13 +136,16 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="processes, one (mixture, sampler) pair each")
     parser.add_argument("--methods", nargs="+", choices=[method_label(*m) for m in METHODS], metavar="METHOD",
                         help="only these rows, named as in the table (default: all)")
+    parser.add_argument("--label-levels", nargs="+", type=float, metavar="LEVEL",
+                        help=f"the labelled estimator at each of these sigma/alpha (default: {LABEL_LEVEL:g} alone)")
     args = parser.parse_args()
-    if args.methods and args.out is None:
-        parser.error("--methods writes some of the rows: give --out FILE, so the full table is not replaced")
+    if (args.methods or args.label_levels) and args.out is None:
+        parser.error("--methods and --label-levels write other rows: give --out FILE, so the table is not replaced")
     out = args.out or Path("docs/results/estimators_toy.md")
-    rows = rows_per_pair(partial(mixture_rows, labels=args.methods), benchmark_mixtures(), args.n, args.seeds,
-                         args.jobs)
+    rows = rows_per_pair(partial(mixture_rows, labels=args.methods, label_levels=args.label_levels),
+                         benchmark_mixtures(), args.n, args.seeds, args.jobs)
     command = f"--n {args.n} --seeds {args.seeds}" + (" --methods " + shlex.join(args.methods) if args.methods else "")
+    command += " --label-levels " + " ".join(f"{level:g}" for level in args.label_levels) if args.label_levels else ""
     command += f" --out {args.out}" if args.out else ""
     lines = ["# Beta estimators on Gaussian mixtures", "",
              f"`python benchmarks/estimators_toy.py {command}`: mean and worst over seeds "

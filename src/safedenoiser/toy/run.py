@@ -20,7 +20,9 @@ Method = Literal["vanilla", "exact", "kernel"]
 METHODS = ("vanilla", "exact", "kernel")
 DEFAULT_ESTIMATOR = "labelled"  # benchmarks/estimators_toy.py
 REFERENCE_SAMPLES = 1000
-LABEL_LEVEL = 2.0  # sigma / alpha of the denoised estimates the labelled estimator labels in
+# sigma / alpha of the denoised estimates the labelled estimator labels in; 1 to 8 compared in
+# docs/results/estimators_toy_label_levels.md (4 fixes 2-D close, but 16-D separated degrades from 4 on)
+LABEL_LEVEL = 2.0
 
 
 def denoised_features(denoise: Callable[[Tensor, Tensor, Tensor], Tensor],
@@ -48,12 +50,13 @@ class ToyRun:
 
 def make_denoiser(spec: ToySpec, method: Method, *, estimator: str = DEFAULT_ESTIMATOR,
                   sampler: str = "dpm++", steps: int | None = None, seed: int = 0,
-                  max_weight: float | None = None, prior: float | None = None) -> tuple[object, SafeDenoiser | None]:
+                  max_weight: float | None = None, prior: float | None = None,
+                  label_level: float = LABEL_LEVEL) -> tuple[object, SafeDenoiser | None]:
     """The denoiser for ``method``: the mixture's own ``D``, the exact safe one, or the kernel one.
 
     ``kernel`` sees only what a user of a real model has: ``D`` (as a network) and the finite
     negation set; the estimators that need reference samples draw them from ``D`` with the sampler, and the
-    ``labelled`` one labels them in ``D``'s estimates at noise level `LABEL_LEVEL` (`denoised_features`).
+    ``labelled`` one labels them in ``D``'s estimates at noise level ``label_level`` (`denoised_features`).
     ``prior`` replaces the ``ratio`` estimator's calibrated ``b`` (benchmarks pass the true one to
     isolate the error of its estimate).
     """
@@ -77,17 +80,17 @@ def make_denoiser(spec: ToySpec, method: Method, *, estimator: str = DEFAULT_EST
             raise SafeDenoiserError(f"prior= sets the ratio estimator's b; the {estimator!r} estimator has none")
         estimator = KernelRatioBeta(negation, reference, prior=prior)
     elif estimator == "labelled":
-        estimator = LabelledReferenceBeta(negation, reference, features=denoised_features(mixture.denoise))
+        estimator = LabelledReferenceBeta(negation, reference, features=denoised_features(mixture.denoise, label_level))
     safe = SafeDenoiser(negation, beta=estimator, reference=reference, **kwargs)
     return safe.wrap(mixture.denoise), safe
 
 
 def run_toy(spec: ToySpec, method: Method, n: int, seed: int, *, estimator: str = DEFAULT_ESTIMATOR,
             sampler: str = "dpm++", steps: int | None = None, keep_trajectories: int = 16,
-            max_weight: float | None = None, prior: float | None = None) -> ToyRun:
+            max_weight: float | None = None, prior: float | None = None, label_level: float = LABEL_LEVEL) -> ToyRun:
     """Sample ``n`` points with ``method`` and one of `SAMPLERS` (its default number of steps)."""
     denoiser, safe = make_denoiser(spec, method, estimator=estimator, sampler=sampler, steps=steps, seed=seed,
-                                   max_weight=max_weight, prior=prior)
+                                   max_weight=max_weight, prior=prior, label_level=label_level)
     path: list[Tensor] = []
     samples = sample_from_seed(sampler, denoiser, n, spec.mixture.dim, seed, steps,
                                callback=lambda i, x_t, x0: path.append(x_t[:keep_trajectories].clone()))
