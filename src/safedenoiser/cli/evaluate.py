@@ -44,7 +44,11 @@ def evaluate(
     if Path(scenario).is_dir():
         from safedenoiser.eval.folder import judge_folder, report_lines
 
-        typer.echo("\n".join(report_lines(judge_folder(scenario, judge, cls), scenario)))
+        verdict = judge_folder(scenario, judge, cls)
+        if verdict.skipped:
+            typer.echo(f"skipped {len(verdict.skipped)} unreadable image file(s): {', '.join(verdict.skipped[:5])}"
+                       f"{' ...' if len(verdict.skipped) > 5 else ''}", err=True)
+        typer.echo("\n".join(report_lines(verdict, scenario)))
         return
     if scenario not in SCENARIOS:
         raise SafeDenoiserError(f"unknown scenario {scenario!r}: use {', '.join(SCENARIOS)} or a folder of images")

@@ -92,9 +92,6 @@ def report_lines(verdict: FolderVerdict, folder: str | Path) -> list[str]:
     from safedenoiser.models.data import CLASS_NAMES
 
     n, lines = len(verdict.files), []
-    if verdict.skipped:
-        lines.append(f"skipped {len(verdict.skipped)} unreadable image file(s): {', '.join(verdict.skipped[:5])}"
-                     f"{' ...' if len(verdict.skipped) > 5 else ''}")
     if verdict.unsafe is not None:
         what = "" if verdict.negated is None else f"class {verdict.negated} {CLASS_NAMES[verdict.negated]}; "
         lines.append(f"{folder}: {int(verdict.unsafe.sum())} of {n} images unsafe by {verdict.judge} "
