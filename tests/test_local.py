@@ -204,7 +204,8 @@ def test_far_set_leaves_the_estimate_bit_identical(sets):
 
 def test_refuses_a_reference_that_is_all_negated_or_misshaped(sets):
     negation, _ = sets
-    with pytest.raises(SafeDenoiserError, match="reference samples lie in the negation set's region"):
+    with pytest.raises(SafeDenoiserError, match="reference samples lie in the negation set's region.*of the same "
+                                                "sort as the set's"):
         LocalPosterior(negation, negation.latents[:50] + 0.01)
     with pytest.raises(SafeDenoiserError, match="reference samples have shape"):
         LocalPosterior(negation, torch.zeros(10, DIM + 1))

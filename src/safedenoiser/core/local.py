@@ -133,8 +133,9 @@ class LocalPosterior:
         negated = ratio >= self.label_ratio
         self.negated_reference = negated  # [K] bool: the reference samples counted as negated
         if negated.all():
-            raise SafeDenoiserError(f"all {len(r)} reference samples lie in the negation set's region; give "
-                                    "ordinary samples of the model (all kinds of images) as reference")
+            raise SafeDenoiserError(f"all {len(r)} reference samples lie in the negation set's region; give more "
+                                    "ordinary images of every kind as reference, of the same sort as the set's "
+                                    "(real images for a set of real images)")
         self.prior = max(float(negated.double().mean()), 1.0 / len(r))
         self.points, self.split = torch.cat([y, r[~negated]]).float(), len(y)  # unsafe rows, then safe ones
         self.safe_log_weight = boundary_weight(ratio[~negated] / label_ratio, boundary_power).log().float()
