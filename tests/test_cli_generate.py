@@ -142,6 +142,17 @@ def test_negation_inspect_shows_what_the_set_holds(negation_file):
     assert "3 image(s), latents (4, 8, 8)" in out and "reference: none" in out and "negated_class: 3" in out
 
 
+def test_negation_inspect_shortens_long_lists(tmp_path):
+    hashes = [f"{i:064x}" for i in range(40)]
+    path = tmp_path / "set.safetensors"
+    NegationSet.from_latents(torch.zeros(2, 4, 8, 8), sources_sha256=json.dumps(hashes),
+                             negated_class="3").save(path)
+    code, out, err = _run(["negation", "inspect", str(path)])
+    assert code == 0, err
+    assert f"  sources_sha256: 40 entries: {hashes[0]}, {hashes[1]}, {hashes[2]}, ...\n" in out
+    assert hashes[3] not in out and "  negated_class: 3\n" in out
+
+
 @pytest.mark.parametrize("concept_share", [0.0, 0.5])
 def test_negation_inspect_says_how_much_of_the_reference_is_the_concept(tmp_path, concept_share):
     gen = torch.Generator().manual_seed(0)

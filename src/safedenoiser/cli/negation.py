@@ -133,7 +133,19 @@ def inspect(path: Path = typer.Argument(..., help="A negation set (.safetensors 
     typer.echo(f"{path}: {len(neg)} image(s), latents {tuple(neg.sample_shape)}, fingerprint {neg.fingerprint}\n"
                f"  reference: {_reference_summary(neg)}\n  bandwidth: {neg.bandwidth:.4g}")
     for key, value in sorted(neg.metadata.items()):
-        typer.echo(f"  {key}: {value}")
+        typer.echo(f"  {key}: {_shown(value)}")
+
+
+def _shown(value: str, at_most: int = 3) -> str:
+    """A metadata value as ``inspect`` prints it: a JSON list of more than ``at_most`` entries (the sources'
+    hashes of a set of hundreds of images) as its count and first entries, anything else as it is."""
+    try:
+        items = json.loads(value)
+    except ValueError:
+        return value
+    if not isinstance(items, list) or len(items) <= at_most:
+        return value
+    return f"{len(items)} entries: {', '.join(map(str, items[:at_most]))}, ..."
 
 
 def _reference_summary(neg: NegationSet) -> str:
