@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from safedenoiser.cli import app
+from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.models import training
 from safedenoiser.models.classifier import FashionClassifier
 from safedenoiser.models.data import data_dir, load_fashion_mnist
@@ -41,7 +42,15 @@ def trained(tmp_path_factory):
 def test_each_part_records_its_settings_next_to_its_weights(trained):
     for part in ("vae", "classifier", "text", "class"):
         record = json.loads((trained[part] / "training.json").read_text())
-        assert (record["seed"], record["steps"]) == (0, STEPS)
+        assert (record["seed"], record["steps"], record["device"]) == (0, STEPS, "cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+@pytest.mark.parametrize(("device", "says"), [("cuda", "torch sees no CUDA GPU"), ("gpu", "must be cpu or cuda")])
+def test_a_device_it_cannot_use_is_refused_before_anything_is_written(tmp_path, device, says):
+    result = CliRunner().invoke(app, ["train", "vae", "--steps", "1", "--device", device, "--out", str(tmp_path / "v")])
+    assert isinstance(result.exception, SafeDenoiserError) and says in str(result.exception)  # main: exit 2
+    assert not (tmp_path / "v").exists()
 
 
 def test_the_vae_is_reproducible_from_its_seed(trained):

@@ -65,6 +65,11 @@ def _setup(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _randn(shape: torch.Size, gen: torch.Generator, device: str) -> torch.Tensor:
+    """Normal noise from the CPU generator ``gen``, moved to ``device``: the same draws on every device."""
+    return torch.randn(shape, generator=gen).to(device)
+
+
 def _cosine_lr(opt: torch.optim.Optimizer, base_lr: float, step: int, steps: int,
                warmup: int = 200) -> None:
     if step < warmup:
@@ -82,7 +87,7 @@ def _write_json(path: Path, record: dict) -> None:
 # --------------------------------------------------------------------------------------------- VAE
 
 def train_vae(out: Path | None = None, steps: int = 1500, seed: int = 0, batch_size: int = 64,
-              lr: float = 1e-3, kl_weight: float = 1e-5, threads: int | None = 2) -> dict:
+              lr: float = 1e-3, kl_weight: float = 1e-5, threads: int | None = 2, device: str = "cpu") -> dict:
     """An `AutoencoderKL` from 1x32x32 images to 4x8x8 latents, trained on L1 + MSE + KL.
 
     At the end, `scaling_factor` = 1 / std of sampled training latents (as SD does).
@@ -94,16 +99,16 @@ def train_vae(out: Path | None = None, steps: int = 1500, seed: int = 0, batch_s
     gen = seed_everything(seed)
     x_train, _ = load_fashion_mnist("train", size=32)
     x_test, _ = load_fashion_mnist("test", size=32)
-    vae = AutoencoderKL(**VAE_CONFIG)
+    vae = AutoencoderKL(**VAE_CONFIG).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     start = time.time()
     bar = tqdm(range(steps), desc="train vae")
     for step in bar:
         _cosine_lr(opt, lr, step, steps)
         idx = torch.randint(0, len(x_train), (batch_size,), generator=gen)
-        x = x_train[idx]
+        x = x_train[idx].to(device)
         posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        z = posterior.mean + posterior.std * _randn(posterior.mean.shape, gen, device)
         recon = vae.decode(z).sample
         rec = F.mse_loss(recon, x) + 0.5 * (recon - x).abs().mean()
         kl = posterior.kl().mean()
@@ -119,23 +124,23 @@ def train_vae(out: Path | None = None, steps: int = 1500, seed: int = 0, batch_s
     vae.eval()
     with torch.no_grad():
         sub = x_train[torch.randperm(len(x_train), generator=gen)[:5000]]
-        lat = torch.cat([vae.encode(sub[i:i + 500]).latent_dist.sample(gen)
+        lat = torch.cat([vae.encode(sub[i:i + 500].to(device)).latent_dist.sample(gen)
                          for i in range(0, len(sub), 500)])
         std = lat.std().item()
         vae.register_to_config(scaling_factor=1.0 / std)
         test = x_test[:2000]
-        rec_test = torch.cat([vae.decode(vae.encode(test[i:i + 500]).latent_dist.mean).sample
+        rec_test = torch.cat([vae.decode(vae.encode(test[i:i + 500].to(device)).latent_dist.mean).sample.cpu()
                               for i in range(0, len(test), 500)]).clamp(-1, 1)
         mse = F.mse_loss(rec_test, test).item()
         psnr = 10 * math.log10(4.0 / mse)  # pixel range [-1, 1] has peak-to-peak 2
-    vae.save_pretrained(out, safe_serialization=True)
+    vae.cpu().save_pretrained(out, safe_serialization=True)
     record = {
         "model": "AutoencoderKL", "seed": seed, "steps": steps, "batch_size": batch_size,
         "lr": lr, "kl_weight": kl_weight, "loss": "mse + 0.5*l1 + kl_weight*kl",
         "image_size": 32, "latent_shape": [4, 8, 8],
         "metrics": {"test_mse_2000": mse, "test_psnr_db": psnr, "latent_std": std,
                     "latent_mean": lat.mean().item(), "scaling_factor": 1.0 / std},
-        "wall_seconds": wall, "threads": torch.get_num_threads(),
+        "wall_seconds": wall, "threads": torch.get_num_threads(), "device": device,
     }
     _write_json(out / "training.json", record)
     return record
@@ -144,7 +149,7 @@ def train_vae(out: Path | None = None, steps: int = 1500, seed: int = 0, batch_s
 # -------------------------------------------------------------------------------------- classifier
 
 def train_classifier(out: Path | None = None, steps: int = 2000, seed: int = 0,
-                     batch_size: int = 128, lr: float = 2e-3, threads: int | None = 2) -> dict:
+                     batch_size: int = 128, lr: float = 2e-3, threads: int | None = 2, device: str = "cpu") -> dict:
     """The judge CNN, with light augmentation (random shifts of up to 2 pixels, horizontal flips)."""
     from safedenoiser.models.classifier import FashionClassifier
 
@@ -153,7 +158,7 @@ def train_classifier(out: Path | None = None, steps: int = 2000, seed: int = 0,
     gen = seed_everything(seed)
     x_train, y_train = load_fashion_mnist("train", size=32)
     x_test, y_test = load_fashion_mnist("test", size=32)
-    model = FashionClassifier()
+    model = FashionClassifier().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     start = time.time()
     bar = tqdm(range(steps), desc="train classifier")
@@ -165,14 +170,14 @@ def train_classifier(out: Path | None = None, steps: int = 2000, seed: int = 0,
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
         x = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
-        loss = F.cross_entropy(model(x), y, label_smoothing=0.05)
+        loss = F.cross_entropy(model(x.to(device)), y.to(device), label_smoothing=0.05)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     wall = time.time() - start
-    model.eval()
+    model.cpu().eval()
     pred = model.predict(x_test)
     acc = (pred == y_test).float().mean().item()
     per_class = {CLASS_NAMES[c]: (pred[y_test == c] == c).float().mean().item() for c in range(10)}
@@ -181,7 +186,7 @@ def train_classifier(out: Path | None = None, steps: int = 2000, seed: int = 0,
         "model": "FashionClassifier", "seed": seed, "steps": steps, "batch_size": batch_size,
         "lr": lr, "augmentation": "hflip 0.5, roll +-2 px", "label_smoothing": 0.05,
         "metrics": {"test_accuracy": acc, "test_accuracy_per_class": per_class},
-        "wall_seconds": wall, "threads": torch.get_num_threads(),
+        "wall_seconds": wall, "threads": torch.get_num_threads(), "device": device,
     }
     _write_json(out / "training.json", record)
     return record
@@ -284,13 +289,14 @@ def _min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float 
 
 
 def _train_unet(unet, condition_fn, latents_mean, latents_std, scaling_factor, steps,
-                batch_size, lr, ema_decay, desc, gen):
+                batch_size, lr, ema_decay, desc, gen, device):
     """The shared epsilon-prediction loop; `condition_fn(idx, gen)` gives the UNet's extra kwargs."""
     from diffusers import DDPMScheduler
 
     noise_sched = DDPMScheduler(**{k: v for k, v in SCHEDULE.items()
                                    if k not in ("set_alpha_to_one",)})
     alphas_cumprod = noise_sched.alphas_cumprod
+    unet.to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
     ema = _EMA(unet, ema_decay)
     losses = []
@@ -303,9 +309,10 @@ def _train_unet(unet, condition_fn, latents_mean, latents_std, scaling_factor, s
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch_size,), generator=gen)
         zt = noise_sched.add_noise(z0, noise, t)
-        pred = unet(zt, t, **condition_fn(idx, gen)).sample
-        per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
-        loss = (per_sample * _min_snr_weight(alphas_cumprod, t)).mean()
+        condition = {k: v.to(device) for k, v in condition_fn(idx, gen).items()}
+        pred = unet(zt.to(device), t.to(device), **condition).sample
+        per_sample = (pred - noise.to(device)).pow(2).mean(dim=(1, 2, 3))
+        loss = (per_sample * _min_snr_weight(alphas_cumprod, t).to(device)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -314,7 +321,7 @@ def _train_unet(unet, condition_fn, latents_mean, latents_std, scaling_factor, s
         losses.append(loss.item())
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
-    return ema.model, float(np.mean(losses[-200:]))
+    return ema.model.cpu(), float(np.mean(losses[-200:]))
 
 
 def bundled_scheduler():
@@ -327,7 +334,7 @@ def bundled_scheduler():
 def train_text_unet(out: Path | None = None, steps: int = 2400, seed: int = 0,
                     batch_size: int = 64, lr: float = 8e-4, caption_dropout: float = 0.12,
                     ema_decay: float = 0.998, vae_dir: Path | None = None,
-                    cache: Path | None = None, threads: int | None = 2) -> dict:
+                    cache: Path | None = None, threads: int | None = 2, device: str = "cpu") -> dict:
     """`fashion-text`: a `UNet2DConditionModel` cross-attending to all-MiniLM-L6-v2 token embeddings.
 
     Every caption is encoded once through the pipeline's own `encode_prompt` (so training sees
@@ -368,7 +375,7 @@ def train_text_unet(out: Path | None = None, steps: int = 2400, seed: int = 0,
 
     start_time = time.time()
     ema_unet, final_loss = _train_unet(unet, condition, mean, std, scaling, steps,
-                                       batch_size, lr, ema_decay, "train text unet", gen)
+                                       batch_size, lr, ema_decay, "train text unet", gen, device)
     wall = time.time() - start_time
     save_bundle(out, unet=ema_unet, vae=vae, kind="text")
     record = {
@@ -378,7 +385,7 @@ def train_text_unet(out: Path | None = None, steps: int = 2400, seed: int = 0,
         "caption_dropout": caption_dropout, "num_train_captions": len(captions) - 1,
         "tokenizer_max_length": TOKENIZER_MAX_LENGTH, "loss": "eps MSE, Min-SNR-5 weights",
         "schedule": SCHEDULE, "vae_scaling_factor": scaling, "final_loss": final_loss,
-        "wall_seconds": wall, "threads": torch.get_num_threads(), "metrics": {},
+        "wall_seconds": wall, "threads": torch.get_num_threads(), "device": device, "metrics": {},
     }
     _write_json(out / "training.json", record)
     return record
@@ -387,7 +394,7 @@ def train_text_unet(out: Path | None = None, steps: int = 2400, seed: int = 0,
 def train_class_unet(out: Path | None = None, steps: int = 3000, seed: int = 0,
                      batch_size: int = 64, lr: float = 8e-4, label_dropout: float = 0.12,
                      ema_decay: float = 0.998, vae_dir: Path | None = None,
-                     cache: Path | None = None, threads: int | None = 2) -> dict:
+                     cache: Path | None = None, threads: int | None = 2, device: str = "cpu") -> dict:
     """`fashion-class`: a class-conditional `UNet2DModel`; label 10 is the null class (CFG)."""
     from diffusers import AutoencoderKL, UNet2DModel
 
@@ -406,7 +413,7 @@ def train_class_unet(out: Path | None = None, steps: int = 3000, seed: int = 0,
 
     start_time = time.time()
     ema_unet, final_loss = _train_unet(unet, condition, mean, std, scaling, steps,
-                                       batch_size, lr, ema_decay, "train class unet", gen)
+                                       batch_size, lr, ema_decay, "train class unet", gen, device)
     wall = time.time() - start_time
     save_bundle(out, unet=ema_unet, vae=vae, kind="class")
     record = {
@@ -415,7 +422,7 @@ def train_class_unet(out: Path | None = None, steps: int = 3000, seed: int = 0,
         "lr_schedule": "linear warm-up 200, cosine", "ema_decay": ema_decay,
         "label_dropout": label_dropout, "loss": "eps MSE, Min-SNR-5 weights",
         "schedule": SCHEDULE, "vae_scaling_factor": scaling, "final_loss": final_loss,
-        "wall_seconds": wall, "threads": torch.get_num_threads(), "metrics": {},
+        "wall_seconds": wall, "threads": torch.get_num_threads(), "device": device, "metrics": {},
     }
     _write_json(out / "training.json", record)
     return record
