@@ -57,7 +57,8 @@ def support_threshold(negation: NegationSet, quantile: float) -> tuple[float, fl
     h = negation.bandwidth
     y = calibration_points(negation.latents, MAX_PAIRWISE_POINTS)
     sq = distances_to_others(y, "the kernel gate's threshold",
-                             "reference images with beta='local'").square()
+                             "reference images for the local estimator (`SafeDenoiser(negation, reference=...)`; "
+                             "CLI: `negation build --reference-images`)").square()
     loo = torch.logsumexp(-sq / (2 * h * h), 1) + math.log((len(negation) - 1) / (len(y) - 1))
     tau = float(torch.quantile(loo, quantile))
     return tau, max(float(loo.median()) - tau, 1e-3)
