@@ -1,5 +1,6 @@
-"""Other pipeline families: pixel-space DDPM/DDIM, SD3 (flow matching, VAE with shift), SDXL (added
-conditions, Euler), DiT (learned variance, class labels), and a user's own canonical loop; and `encode_images`."""
+"""Other pipeline families: pixel-space DDPM/DDIM, SD3 (flow matching, VAE with shift), FLUX (latents packed as
+tokens), SDXL (added conditions, Euler), DiT (learned variance, class labels), and a user's own canonical loop; and
+`encode_images`."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from conftest import MAX_TOKENS, SD_SCHEDULER, TEXT_DIM, tiny_unet_pixels, tiny_
 from PIL import Image
 
 from safedenoiser import NegationSet, SafeDenoiser, SafeDenoiserError
+from safedenoiser.integrations.diffusers import pack, unpack
 from safedenoiser.integrations.encode import encode_images, readable_images, vae_fingerprint
 
 
@@ -142,6 +144,62 @@ def test_sd3_flow_matching_pipeline():
     # SD3's latents are shifted and scaled: the pipeline returns (z - shift) * scale
     safe = far_leaves_near_changes(pipe, embedded_prompts(pipe, 3.0))
     assert all(abs(r.alpha + r.sigma - 1) < 1e-6 for r in safe.trace)  # flow levels
+
+
+def test_pack_is_fluxs_packing_and_unpack_inverts_it():
+    from diffusers import FluxPipeline
+
+    latents = torch.randn(2, 4, 8, 6, generator=torch.Generator().manual_seed(0))
+    tokens = pack(latents)
+    assert torch.equal(tokens, FluxPipeline._pack_latents(latents, 2, 4, 8, 6))
+    assert torch.equal(unpack(tokens, (4, 8, 6)), latents)
+    assert torch.equal(FluxPipeline._unpack_latents(tokens, 16, 12, vae_scale_factor=2), latents)
+
+
+@pytest.mark.parametrize("preset", [None, "sd14-memorization"])
+def test_packed_samples_are_corrected_as_the_sets_images(preset):
+    """A loop over FLUX's tokens ends where the same loop over the latents ends, to the bit: the correction
+    (the identity, or the paper rule's re-noising) sees the set's images either way."""
+    shape, gen = (4, 8, 8), torch.Generator().manual_seed(0)
+    target = torch.randn(3, *shape, generator=gen)
+    negation = NegationSet.from_latents(target[:1] + 0.05 * torch.randn(5, *shape, generator=gen))
+    reference = None if preset else torch.randn(20, *shape, generator=gen)
+
+    def run(packed: bool) -> tuple[torch.Tensor, int]:
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler()
+        safe = SafeDenoiser(negation, reference=reference, preset=preset)
+        x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(1))
+        with safe.attach(scheduler):
+            scheduler.set_timesteps(6)
+            for t in scheduler.timesteps:  # a velocity that heads for `target`, plus noise
+                v = torch.randn(3, *shape, generator=torch.Generator().manual_seed(int(t))) + 0.3 * (target - x)
+                x = (unpack(scheduler.step(pack(v), t, pack(x)).prev_sample, shape) if packed
+                     else scheduler.step(v, t, x).prev_sample)
+        return x, sum(r.acted for r in safe.trace)
+
+    (latents, acted), (tokens, acted_packed) = run(False), run(True)
+    assert acted == acted_packed > 0
+    assert torch.equal(latents, tokens)
+
+
+def test_flux_pipeline_with_packed_latents():
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=TEXT_DIM,
+                                         pooled_projection_dim=16, axes_dims_rope=(2, 2, 4)).eval()
+    pipe = FluxPipeline(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=tiny_vae(shift_factor=0.1159,
+                        scaling_factor=0.3611), text_encoder=None, tokenizer=None, text_encoder_2=None,
+                        tokenizer_2=None, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(1)
+    kw = dict(prompt_embeds=torch.randn(2, 6, TEXT_DIM, generator=g),
+              pooled_prompt_embeds=torch.randn(2, 16, generator=g),
+              num_inference_steps=4, output_type="latent", height=16, width=16)
+    go = lambda: unpack(pipe(**kw, generator=torch.Generator().manual_seed(0)).images, (4, 8, 8))  # noqa: E731
+    far_leaves_near_changes(pipe, go)
+    far_leaves_near_changes(pipe, go, reference=torch.randn(12, 4, 8, 8, generator=g) - 5.0)  # no UNet: latents
 
 
 def sdxl_pipe():

@@ -368,7 +368,8 @@ class SafeDenoiser:
 
     def attach(self, pipe, guided: bool | None = None):
         """Context manager: sample ``pipe`` safely (wraps ``pipe.scheduler.step``; restored on exit).
-        ``guided=True`` for pipelines that guide without saying so (DiT, PixArt; `integrations.diffusers.attach`)."""
+        ``guided=True`` for pipelines that guide without saying so (DiT, PixArt, FLUX;
+        `integrations.diffusers.attach`)."""
         from safedenoiser.integrations.diffusers import attach
 
         return attach(self, pipe, guided)

@@ -5,7 +5,8 @@ This is the edge where a scheduler's model output becomes the denoised estimate 
 
 1. read the noise level of ``sample`` off the scheduler: ``sample = alpha x0 + sigma eps``;
 2. ``x0_hat = to_x0(model_output)`` with the scheduler's prediction type;
-3. ``SafeDenoiser.correct(sample, alpha, sigma, x0_hat, guided=...)``, ``guided`` from the pipeline's
+3. ``SafeDenoiser.correct(sample, alpha, sigma, x0_hat, guided=...)`` (FLUX's tokens unpacked to the set's
+   latents for it, `sample_layout`), ``guided`` from the pipeline's
    ``do_classifier_free_guidance`` (False for a bare scheduler), or ``attach``'s ``guided``;
 4. nothing acted: the original ``step`` with the original arguments (bit-identical to vanilla);
    identity (default): the model output of the acted samples replaced by ``from_x0(x0_safe)``;
@@ -21,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -41,6 +42,8 @@ SUPPORTED = VP_DISCRETE + VP_SIGMAS + SIGMA_SPACE + FLOW
 # Step some steps from a copy of the sample they stored earlier, not the ``sample`` they are handed:
 # a re-noised sample (the paper rule) would be dropped there.
 OWN_SAMPLE = ("PNDMScheduler", "DPMSolverSinglestepScheduler")
+
+Layout = Callable[[Tensor], Tensor]  # a batch of samples in one layout -> the same in another
 
 # diffusers' names for a model's parametrisation -> ours (core.parametrization).
 DIFFUSERS_PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample",
@@ -126,6 +129,34 @@ def check_negation(safe, pipe) -> None:
         negation.check_compatible(negation.sample_shape, vae_fingerprint(pipe))
 
 
+def pack(latents: Tensor) -> Tensor:
+    """``[B, C, H, W]`` latents as FLUX's tokens ``[B, (H/2)(W/2), 4C]`` (its ``_pack_latents``)."""
+    b, c, h, w = latents.shape
+    return latents.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), 4 * c)
+
+
+def unpack(tokens: Tensor, image_shape: tuple[int, ...]) -> Tensor:
+    """FLUX's tokens ``[B, (H/2)(W/2), 4C]`` as the ``[B, C, H, W]`` latents of ``image_shape`` (``pack``'s inverse)."""
+    c, h, w = image_shape
+    b = len(tokens)
+    return tokens.reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+def _identity(t: Tensor) -> Tensor:
+    return t
+
+
+def sample_layout(sample_shape: tuple[int, ...], image_shape: tuple[int, ...] | None) -> tuple[Layout, Layout]:
+    """``(to_image, to_sample)`` between the samples a scheduler steps and the set's latents of ``image_shape``.
+    FLUX packs latents (C, H, W) as tokens ``[(H/2)(W/2), 4C]``: such samples are corrected as images and
+    packed back. Any other sample is taken as it is."""
+    if image_shape is not None and len(image_shape) == 3 and len(sample_shape) == 2:
+        c, h, w = image_shape
+        if h % 2 == 0 and w % 2 == 0 and tuple(sample_shape) == ((h // 2) * (w // 2), 4 * c):
+            return (lambda tokens: unpack(tokens, image_shape)), pack
+    return _identity, _identity
+
+
 def _split_variance(model_output: Tensor, sample: Tensor) -> tuple[Tensor, Tensor | None]:
     """Models with learned variance (DDPM ``learned_range``, DiT) output ``[eps, variance]``."""
     if model_output.ndim >= 2 and model_output.shape[1] == 2 * sample.shape[1]:
@@ -147,7 +178,8 @@ def _safe_step(safe, scheduler, original, pipe, guided: bool | None):
     def step(*args, **kwargs):
         bound = signature.bind(*args, **kwargs)
         model_output, timestep, sample = (bound.arguments[k] for k in ("model_output", "timestep", "sample"))
-        if safe.sample_shape is not None and tuple(sample.shape[1:]) != safe.sample_shape:
+        to_image, to_sample = sample_layout(tuple(sample.shape[1:]), safe.sample_shape)
+        if safe.sample_shape is not None and to_image is _identity and tuple(sample.shape[1:]) != safe.sample_shape:
             safe.negation.check_compatible(tuple(sample.shape[1:]))  # raises, before anything changed
         output, variance = _split_variance(model_output, sample)
         alpha, sigma, scale = noise_level(scheduler, timestep)
@@ -155,17 +187,19 @@ def _safe_step(safe, scheduler, original, pipe, guided: bool | None):
         x = sample.to(dtype)
         model_x, model_a, model_s = scale * x, scale * alpha, scale * sigma
         x0_hat = to_x0(output.to(dtype), model_x, model_a, model_s, prediction)
-        corr = safe.correct(x, alpha, sigma, x0_hat, guided=applies_guidance(pipe) if guided is None else guided)
+        guided_now = applies_guidance(pipe) if guided is None else guided
+        corr = safe.correct(to_image(x), alpha, sigma, to_image(x0_hat), guided=guided_now)
         safe.trace[-1].timestep = float(timestep)
         if not bool(corr.acted.any()):
             return original(*args, **kwargs)
         mask = corr.acted.to(sample.device).reshape(-1, *([1] * (sample.ndim - 1)))
+        x0_safe = to_sample(corr.x0.to(dtype))
         if corr.renoise:  # the authors' rule: re-noise x0_safe to this level, unchanged model output
-            noise = _fresh_noise(sample, timestep, corr.acted.cpu(), dtype)
-            renoised = alpha * corr.x0.to(dtype) + sigma * noise
+            noise = to_sample(_fresh_noise(to_image(sample), timestep, corr.acted.cpu(), dtype))
+            renoised = alpha * x0_safe + sigma * noise
             bound.arguments["sample"] = torch.where(mask, renoised.to(sample.dtype), sample)
         else:
-            safe_output = from_x0(corr.x0.to(dtype), model_x, model_a, model_s, prediction).to(output.dtype)
+            safe_output = from_x0(x0_safe, model_x, model_a, model_s, prediction).to(output.dtype)
             output = torch.where(mask, safe_output, output)
             bound.arguments["model_output"] = output if variance is None else torch.cat([output, variance], 1)
         return original(*bound.args, **bound.kwargs)
@@ -202,7 +236,7 @@ def attach(safe, pipe, guided: bool | None = None) -> Iterator[object]:
     ``safe.bind(pipe)`` gives the local estimator the UNet's features (`SafeDenoiser`'s ``features``).
     ``guided``: whether the sampler applies classifier-free guidance (``latch="auto"``, ``features="auto"``);
     ``None`` reads the pipeline's ``do_classifier_free_guidance`` at each step. Pipelines that do not
-    expose it (DiT, PixArt) and own loops that guide should pass ``True``.
+    expose it (DiT, PixArt, FLUX) and own loops that guide should pass ``True``.
     """
     scheduler = pipe.scheduler if hasattr(pipe, "scheduler") else pipe
     if not hasattr(scheduler, "step"):
