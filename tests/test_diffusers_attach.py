@@ -29,6 +29,8 @@ SCHEDULERS = {
         SD_SCHEDULER, algorithm_type="dpmsolver++", use_karras_sigmas=True),
     "DPMSinglestep": lambda: diffusers.DPMSolverSinglestepScheduler.from_config(SD_SCHEDULER),
     "UniPC": lambda: diffusers.UniPCMultistepScheduler.from_config(SD_SCHEDULER),
+    "LCM": lambda: diffusers.LCMScheduler.from_config(SD_SCHEDULER),
+    "TCD": lambda: diffusers.TCDScheduler.from_config(SD_SCHEDULER),
 }
 
 

@@ -33,7 +33,7 @@ from safedenoiser.integrations.encode import vae_fingerprint
 from safedenoiser.negation import NegationSet
 
 # How each scheduler family defines the noise level of the ``sample`` it is handed.
-VP_DISCRETE = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler")  # alphas_cumprod[t]
+VP_DISCRETE = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "LCMScheduler", "TCDScheduler")  # alphas_cumprod[t]
 VP_SIGMAS = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
              "UniPCMultistepScheduler", "DEISMultistepScheduler")  # own sigmas -> _sigma_to_alpha_sigma_t
 SIGMA_SPACE = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler")
