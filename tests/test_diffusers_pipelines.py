@@ -287,6 +287,24 @@ def test_encode_images_from_a_folder_skips_unreadable_files(sd_pipe, tmp_path, c
     assert float(meta["scaling_factor"]) == sd_pipe.vae.config.scaling_factor
 
 
+def test_encode_images_decodes_a_folder_a_batch_at_a_time(sd_pipe, tmp_path, monkeypatch):
+    """A folder of thousands of large images must not sit in memory as pixels at once: when the VAE encodes
+    a batch, no more than that batch has been decoded; the latents are those of encoding all at once."""
+    from safedenoiser.integrations import encode
+
+    for i in range(10):
+        Image.fromarray((torch.rand(20, 24, 3) * 255).byte().numpy()).save(tmp_path / f"img{i}.png")
+    decoded, seen_by_vae = [], []
+    decode = encode._pil_to_tensor
+    monkeypatch.setattr(encode, "_pil_to_tensor", lambda *args: decoded.append(1) or decode(*args))
+    vae_encode = sd_pipe.vae.encode
+    monkeypatch.setattr(sd_pipe.vae, "encode", lambda x: seen_by_vae.append((len(decoded), len(x))) or vae_encode(x))
+    latents, _ = encode_images(sd_pipe, tmp_path, batch_size=4, progress=False)
+    assert seen_by_vae == [(4, 4), (8, 4), (10, 2)]
+    all_at_once, _ = encode_images(sd_pipe, tmp_path, batch_size=10, progress=False)
+    torch.testing.assert_close(latents, all_at_once)
+
+
 def test_readable_images_decodes_the_pixels_so_a_truncated_jpeg_is_listed(tmp_path):
     """A JPEG cut short keeps a valid header (PIL's verify passes it); only decoding finds the damage."""
     buffer = io.BytesIO()

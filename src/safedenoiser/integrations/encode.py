@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -114,39 +114,33 @@ def _pil_to_tensor(image, size: int, channels: int) -> Tensor:
 
 def load_images(images, size: int, channels: int) -> tuple[Tensor, list[str] | None]:
     """Images as ``[N, C, size, size]`` in [-1, 1] and their sha256 (None for a tensor); unreadable files skipped."""
-    from PIL import Image, UnidentifiedImageError
-
     if isinstance(images, Tensor):
-        if images.ndim != 4 or len(images) == 0 or images.shape[1] != channels:
-            raise SafeDenoiserError(f"an image tensor must be [N, {channels}, H, W] in [-1, 1] with N >= 1 (the "
-                                    f"model's VAE takes {channels} channels), got shape {tuple(images.shape)}")
-        x = images.float()
-        if x.shape[-2:] != (size, size):
-            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", antialias=True).clamp(-1, 1)
-        return x, None
+        return _tensor_pixels(images, size, channels), None
+    hashes: list[str] = []
+    skipped: list[str] = []
+    tensors = list(_decoded(_image_items(images), size, channels, hashes, skipped))
+    _check_readable(len(tensors), skipped)
+    return torch.stack(tensors), hashes
+
+
+def _tensor_pixels(images: Tensor, size: int, channels: int) -> Tensor:
+    """A user's image tensor checked and resized to ``size``."""
+    if images.ndim != 4 or len(images) == 0 or images.shape[1] != channels:
+        raise SafeDenoiserError(f"an image tensor must be [N, {channels}, H, W] in [-1, 1] with N >= 1 (the "
+                                f"model's VAE takes {channels} channels), got shape {tuple(images.shape)}")
+    x = images.float()
+    if x.shape[-2:] != (size, size):
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", antialias=True).clamp(-1, 1)
+    return x
+
+
+def _image_items(images) -> list:
+    """The paths and PIL images given: one, a folder (its files), or an iterable of them."""
+    from PIL import Image
+
     if isinstance(images, (str, Path)) or isinstance(images, Image.Image):
         images = [images]
-    tensors, hashes, skipped = [], [], []
-    for item in _expand(images):
-        if isinstance(item, Image.Image):
-            tensors.append(_pil_to_tensor(item, size, channels))
-            hashes.append(hashlib.sha256(item.tobytes()).hexdigest())
-            continue
-        try:
-            data = Path(item).read_bytes()
-            with Image.open(Path(item)) as image:
-                image.load()
-                tensors.append(_pil_to_tensor(image, size, channels))
-            hashes.append(hashlib.sha256(data).hexdigest())
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            skipped.append(f"{item} ({type(err).__name__})")
-    if skipped:
-        log.warning("skipped %d unreadable or non-image file(s): %s", len(skipped), ", ".join(skipped))
-    if not tensors:
-        raise SafeDenoiserError("no readable image among the inputs" +
-                                (f" (skipped: {', '.join(skipped)})" if skipped else "") +
-                                "; give image files (PNG, JPEG, ...), a folder of them, PIL images or a tensor")
-    return torch.stack(tensors), hashes
+    return list(_expand(images))
 
 
 def _expand(images: Iterable) -> Iterable:
@@ -155,6 +149,50 @@ def _expand(images: Iterable) -> Iterable:
             yield from files_under(item)
         else:
             yield item
+
+
+def _decoded(items: Iterable, size: int, channels: int, hashes: list[str], skipped: list[str]) -> Iterator[Tensor]:
+    """Each readable item as ``[C, size, size]`` in [-1, 1], one at a time; its sha256 goes to ``hashes``, an
+    unreadable file's name and error to ``skipped``."""
+    from PIL import Image, UnidentifiedImageError
+
+    for item in items:
+        if isinstance(item, Image.Image):
+            hashes.append(hashlib.sha256(item.tobytes()).hexdigest())
+            yield _pil_to_tensor(item, size, channels)
+            continue
+        try:
+            data = Path(item).read_bytes()
+            with Image.open(Path(item)) as image:
+                image.load()
+                pixels = _pil_to_tensor(image, size, channels)
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            skipped.append(f"{item} ({type(err).__name__})")
+            continue
+        hashes.append(hashlib.sha256(data).hexdigest())
+        yield pixels
+
+
+def _batched(tensors: Iterable[Tensor], batch_size: int) -> Iterator[Tensor]:
+    """``batch_size`` tensors at a time, stacked (the last batch may be smaller)."""
+    batch = []
+    for tensor in tensors:
+        batch.append(tensor)
+        if len(batch) == batch_size:
+            yield torch.stack(batch)
+            batch = []
+    if batch:
+        yield torch.stack(batch)
+
+
+def _check_readable(n_read: int, skipped: list[str]) -> None:
+    """Log the files skipped; refuse inputs of which none could be read."""
+    if skipped:
+        log.warning("skipped %d unreadable or non-image file(s): %s", len(skipped), ", ".join(skipped))
+    if not n_read:
+        raise SafeDenoiserError("no readable image among the inputs" +
+                                (f" (skipped: {', '.join(skipped)})" if skipped else "") +
+                                "; give image files (PNG, JPEG, ...), a folder of them, PIL images or a tensor")
 
 
 @torch.no_grad()
@@ -167,16 +205,21 @@ def encode_images(pipe, images, batch_size: int = 8, progress: bool = True, *,
     """
     from tqdm.auto import tqdm
 
-    size = image_size or pipeline_image_size(pipe)
-    pixels, hashes = load_images(images, size, _channels(pipe))
+    size, channels = image_size or pipeline_image_size(pipe), _channels(pipe)
+    hashes: list[str] | None = None
+    if isinstance(images, Tensor):
+        batches = tqdm(_tensor_pixels(images, size, channels).split(batch_size), desc="encoding negation set",
+                       disable=not progress, unit="batch")
+    else:  # decoded a batch at a time: a folder of thousands of large images never sits in memory at once
+        items, hashes, skipped = _image_items(images), [], []
+        read = tqdm(items, desc="encoding negation set", disable=not progress, unit="image")
+        batches = _batched(_decoded(read, size, channels, hashes, skipped), batch_size)
     vae = getattr(pipe, "vae", None)
     scaling = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0) if vae is not None else 1.0
     shift = getattr(vae.config, "shift_factor", None) if vae is not None else None
     shift = float(shift) if shift is not None else 0.0
     out = []
-    for start in tqdm(range(0, len(pixels), batch_size), desc="encoding negation set", disable=not progress,
-                      unit="batch"):
-        batch = pixels[start:start + batch_size]
+    for batch in batches:
         if vae is None:
             out.append(batch)
             continue
@@ -189,6 +232,8 @@ def encode_images(pipe, images, batch_size: int = 8, progress: bool = True, *,
         else:
             mean = getattr(encoded, "latents", encoded)
         out.append(((mean.float() - shift) * scaling).cpu())
+    if hashes is not None:
+        _check_readable(len(hashes), skipped)
     latents = torch.cat(out)
     metadata = {"encoder": vae_fingerprint(pipe), "scaling_factor": repr(scaling), "shift_factor": repr(shift),
                 "image_size": str(size), "sources_sha256": "tensor" if hashes is None else json.dumps(hashes)}
