@@ -482,7 +482,7 @@ def test_negation_build_names_the_reference_flag_before_encoding_anything(model,
     code, _, err = _run(["negation", "build", "--model", model, "--images", str(negation_images),
                          "--reference-images", str(tmp_path / "nope"), "--out", str(tmp_path / "set.safetensors")])
     assert code == 2 and f"--reference-images {tmp_path / 'nope'} is not a folder" in err
-    assert "encoding negation set" not in err  # refused before the set's images were encoded
+    assert "checking --images" in err and "encoding images" not in err  # refused before encoding any
 
 
 def test_python_m_entry_point_exits_2_on_bad_input(tmp_path):

@@ -24,14 +24,19 @@ app.add_typer(negation_app, name="negation")
 CLASS_FILE = "class.json"  # {"class_label": K}: written by tools that export one class's images
 
 
-def scan_images(folder: Path, flag: str = "--images") -> tuple[list[Path], list[tuple[Path, str]]]:
+def scan_images(folder: Path, flag: str = "--images",
+                progress: bool = True) -> tuple[list[Path], list[tuple[Path, str]]]:
     """The readable images under ``folder`` (recursively, sorted), and the other files with the reason;
-    the files skipped are listed on stderr, and a folder without images is refused, naming ``flag``."""
+    the files skipped are listed on stderr, and a folder without images is refused, naming ``flag``. Every file
+    is decoded once here, before the model loads (a bar with ``progress``)."""
+    from tqdm.auto import tqdm
+
     from safedenoiser.integrations.encode import files_under, readable_images
 
     if not folder.is_dir():
         raise SafeDenoiserError(f"{flag} {folder} is not a folder")
-    good, bad = readable_images([path for path in files_under(folder) if path.name != CLASS_FILE])
+    files = [path for path in files_under(folder) if path.name != CLASS_FILE]
+    good, bad = readable_images(tqdm(files, desc=f"checking {flag}", unit="file", disable=not progress))
     for path, reason in bad:
         typer.secho(f"skipped {path}: {reason}", fg="yellow", err=True)
     if not good:
@@ -94,8 +99,9 @@ def build(
     refuse_replacing_file(out, (".safetensors",), overwrite)
     if batch_size < 1:
         raise SafeDenoiserError(f"--batch-size must be at least 1 (got {batch_size})")
-    good, bad = scan_images(images)
-    ref_good = scan_images(reference_images, "--reference-images")[0] if reference_images is not None else None
+    good, bad = scan_images(images, progress=not quiet)
+    ref_good = (scan_images(reference_images, "--reference-images", progress=not quiet)[0]
+                if reference_images is not None else None)
     folder_class = recorded_class(images)
     if class_label is not None and folder_class is not None and class_label != folder_class:
         raise SafeDenoiserError(f"--class-label {class_label} contradicts {images / CLASS_FILE} "

@@ -208,11 +208,11 @@ def encode_images(pipe, images, batch_size: int = 8, progress: bool = True, *,
     size, channels = image_size or pipeline_image_size(pipe), _channels(pipe)
     hashes: list[str] | None = None
     if isinstance(images, Tensor):
-        batches = tqdm(_tensor_pixels(images, size, channels).split(batch_size), desc="encoding negation set",
+        batches = tqdm(_tensor_pixels(images, size, channels).split(batch_size), desc="encoding images",
                        disable=not progress, unit="batch")
     else:  # decoded a batch at a time: a folder of thousands of large images never sits in memory at once
         items, hashes, skipped = _image_items(images), [], []
-        read = tqdm(items, desc="encoding negation set", disable=not progress, unit="image")
+        read = tqdm(items, desc="encoding images", disable=not progress, unit="image")
         batches = _batched(_decoded(read, size, channels, hashes, skipped), batch_size)
     vae = getattr(pipe, "vae", None)
     scaling = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0) if vae is not None else 1.0
