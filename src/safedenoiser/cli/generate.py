@@ -41,8 +41,9 @@ def generate(
                                          "its trajectory and drop what guidance adds beyond the data to an image "
                                          "judged unsafe: stops concepts strong guidance redraws late, costs benign "
                                          "images near the concept, and an image it corrects ends as a near copy of "
-                                         "one of the set's reference images. Default: on when guidance applies "
-                                         "(guidance > 1 and a prompt or label) with a set built with "
+                                         "one of the set's reference images. Default: on when the pipeline says it "
+                                         "applies classifier-free guidance (guidance > 1 and a prompt or label; "
+                                         "FLUX never says so; --latch forces it) with a set built with "
                                          "--reference-images."),
     features: Optional[str] = typer.Option(None, "--features", help="Where a set built with --reference-images "
                                            "measures closeness: 'auto' (default: in the model's UNet features when "
