@@ -31,6 +31,7 @@ SCHEDULERS = {
     "UniPC": lambda: diffusers.UniPCMultistepScheduler.from_config(SD_SCHEDULER),
     "LCM": lambda: diffusers.LCMScheduler.from_config(SD_SCHEDULER),
     "TCD": lambda: diffusers.TCDScheduler.from_config(SD_SCHEDULER),
+    "Heun": lambda: diffusers.HeunDiscreteScheduler.from_config(SD_SCHEDULER),
 }
 
 
@@ -197,14 +198,14 @@ def test_guided_overrides_what_the_pipeline_says(sd_pipe, guided):
 
 
 def test_refuses_an_unknown_scheduler_at_attach(sd_pipe):
-    sd_pipe.scheduler = diffusers.HeunDiscreteScheduler.from_config(SD_SCHEDULER)
-    with pytest.raises(SafeDenoiserError, match="HeunDiscreteScheduler.*Switch to a supported one"):
+    sd_pipe.scheduler = diffusers.KDPM2DiscreteScheduler.from_config(SD_SCHEDULER)  # steps at interpolated sigmas
+    with pytest.raises(SafeDenoiserError, match="KDPM2DiscreteScheduler.*Switch to a supported one"):
         with SafeDenoiser(far_set()).attach(sd_pipe):
             pass
     assert "step" not in sd_pipe.scheduler.__dict__
 
 
-@pytest.mark.parametrize("name", ["PNDM", "DPMSinglestep"])
+@pytest.mark.parametrize("name", ["PNDM", "DPMSinglestep", "Heun"])
 def test_refuses_the_paper_rule_with_a_scheduler_that_would_drop_its_renoising(sd_pipe, name):
     sd_pipe.scheduler = SCHEDULERS[name]()
     with pytest.raises(SafeDenoiserError, match="paper rule re-noises"):

@@ -4,12 +4,8 @@ Mixture (2-D data shaped [2, 1, 1]): kept components at (-0.5, -0.3) and (0.5, -
 0.3 each, the negated one at (0, 0.5) with weight 0.4, all with std 0.1. Vanilla sampling puts
 ~40% of samples in the negated component; the safe denoiser must take that to <= 5% and keep each
 kept component at 50% +- 25% relative (their share under p_safe), and a far set must change
-nothing bit for bit.
-
-LCM and TCD re-noise their estimate of ``x0`` with fresh noise at every step and return the estimate of
-the last one, at sigma 0.13: a few samples land deep in the negated component there, where ``beta`` is
-within a hair of 1 and ``w = beta / (1 - beta)`` stops at its cap (``max_weight``), so even exact
-``beta`` leaves more than the 1% aim (the printed shares); they are held to the 5% target.
+nothing bit for bit. Every scheduler runs on the model's own noise schedule (``MIXTURE_SCHEDULE``): Heun's,
+LCM's and TCD's defaults are Stable Diffusion's, which would hand the model timesteps of another noise level.
 """
 
 from __future__ import annotations
@@ -21,7 +17,8 @@ import torch
 from conftest import (NEGATED, ExactNegatedComponent, component_shares, exact_beta, mixture_model,
                       mixture_pipeline, mixture_samples, run_loop)
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-                       FlowMatchEulerDiscreteScheduler, LCMScheduler, TCDScheduler, UniPCMultistepScheduler)
+                       FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, TCDScheduler,
+                       UniPCMultistepScheduler)
 
 from safedenoiser import NegationSet, SafeDenoiser
 from safedenoiser.core.beta import ExactBeta
@@ -29,6 +26,7 @@ from safedenoiser.core.beta import ExactBeta
 N_SAMPLES = 1000
 NEGATED_MAX = 0.05  # target; the aim is 0.01
 KEPT_SHARE, KEPT_TOLERANCE = 0.5, 0.25  # p_safe share of each kept component, relative tolerance
+MIXTURE_SCHEDULE = dict(beta_start=0.0001, beta_end=0.02, beta_schedule="linear")  # `mixture_model`'s
 
 
 def negation_set() -> NegationSet:
@@ -77,12 +75,13 @@ SAMPLERS = {
     "ddim-sample": lambda: (mixture_model("sample"), DDIMScheduler(prediction_type="sample", clip_sample=False)),
     "unipc-sample": lambda: (mixture_model("sample"), UniPCMultistepScheduler(prediction_type="sample")),
     "flow-euler": lambda: (mixture_model("flow"), FlowMatchEulerDiscreteScheduler()),
-    "lcm": lambda: (mixture_model(), LCMScheduler()),
-    "tcd": lambda: (mixture_model(), TCDScheduler()),
+    "heun": lambda: (mixture_model(), HeunDiscreteScheduler(**MIXTURE_SCHEDULE)),
+    "lcm": lambda: (mixture_model(), LCMScheduler(**MIXTURE_SCHEDULE)),
+    "tcd": lambda: (mixture_model(), TCDScheduler(**MIXTURE_SCHEDULE)),
 }
 REQUIRED = ["DDIMPipeline", "DDPMPipeline", "euler", "dpm++"]
 PARAMETRISATIONS = ["euler-v", "ddim-v", "ddim-sample", "unipc-sample", "flow-euler"]
-RENOISING = ["lcm", "tcd"]  # consistency samplers: fresh noise at every step
+MORE_SAMPLERS = ["heun", "lcm", "tcd"]  # a second-order one, and consistency samplers
 
 
 def assert_safe_shares(shares: list[float], aim: float = NEGATED_MAX) -> None:
@@ -91,13 +90,13 @@ def assert_safe_shares(shares: list[float], aim: float = NEGATED_MAX) -> None:
         assert abs(shares[k] / KEPT_SHARE - 1) <= KEPT_TOLERANCE, f"kept component {k}: share {shares[k]:.4f}"
 
 
-@pytest.mark.parametrize("sampler", REQUIRED + RENOISING)
+@pytest.mark.parametrize("sampler", REQUIRED + MORE_SAMPLERS)
 def test_vanilla_puts_about_40_percent_in_the_negated_component(sampler):
     shares = component_shares(vanilla(sampler))
     assert 0.35 <= shares[NEGATED] <= 0.45, shares
 
 
-@pytest.mark.parametrize("sampler", REQUIRED + RENOISING)
+@pytest.mark.parametrize("sampler", REQUIRED + MORE_SAMPLERS)
 def test_default_safe_denoiser_removes_the_negated_component(sampler):
     safe = SafeDenoiser(negation_set())
     shares = component_shares(sample(sampler, safe))
@@ -105,20 +104,20 @@ def test_default_safe_denoiser_removes_the_negated_component(sampler):
     assert_safe_shares(shares)
 
 
-@pytest.mark.parametrize("sampler", REQUIRED + RENOISING)
+@pytest.mark.parametrize("sampler", REQUIRED + MORE_SAMPLERS)
 def test_far_set_changes_nothing_bit_for_bit(sampler):
     safe = SafeDenoiser(far_set())
     assert torch.equal(vanilla(sampler), sample(sampler, safe))
     assert safe.trace and all(r.acted == 0 for r in safe.trace)
 
 
-@pytest.mark.parametrize("sampler", REQUIRED + PARAMETRISATIONS + RENOISING)
+@pytest.mark.parametrize("sampler", REQUIRED + PARAMETRISATIONS + MORE_SAMPLERS)
 def test_exact_beta_reaches_one_percent_for_every_parametrisation(sampler):
     """With exact beta and D_unsafe the adapter alone decides the result: it must be the safe mixture."""
     safe = SafeDenoiser(ExactNegatedComponent(), beta=ExactBeta(exact_beta))
     shares = component_shares(sample(sampler, safe))
     print(f"{sampler}: exact-beta shares {shares}")
-    assert_safe_shares(shares, aim=NEGATED_MAX if sampler in RENOISING else 0.01)
+    assert_safe_shares(shares, aim=0.01)
 
 
 @pytest.mark.parametrize("sampler", ["DDIMPipeline", "euler"])

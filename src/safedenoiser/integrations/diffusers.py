@@ -36,12 +36,13 @@ from safedenoiser.negation import NegationSet
 VP_DISCRETE = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "LCMScheduler", "TCDScheduler")  # alphas_cumprod[t]
 VP_SIGMAS = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
              "UniPCMultistepScheduler", "DEISMultistepScheduler")  # own sigmas -> _sigma_to_alpha_sigma_t
-SIGMA_SPACE = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler")
+SIGMA_SPACE = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler",
+               "HeunDiscreteScheduler")  # Heun: sigmas[step_index] is also its second evaluation's level
 FLOW = ("FlowMatchEulerDiscreteScheduler",)
 SUPPORTED = VP_DISCRETE + VP_SIGMAS + SIGMA_SPACE + FLOW
 # Step some steps from a copy of the sample they stored earlier, not the ``sample`` they are handed:
 # a re-noised sample (the paper rule) would be dropped there.
-OWN_SAMPLE = ("PNDMScheduler", "DPMSolverSinglestepScheduler")
+OWN_SAMPLE = ("PNDMScheduler", "DPMSolverSinglestepScheduler", "HeunDiscreteScheduler")
 
 Layout = Callable[[Tensor], Tensor]  # a batch of samples in one layout -> the same in another
 
