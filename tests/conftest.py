@@ -119,9 +119,10 @@ def tiny_vae(latent_channels: int = 4, **config) -> AutoencoderKL:
                          latent_channels=latent_channels, norm_num_groups=4, sample_size=16, **config).eval()
 
 
-def tiny_unet_cond(cross_attention_dim: int = TEXT_DIM) -> UNet2DConditionModel:
+def tiny_unet_cond(cross_attention_dim: int = TEXT_DIM, in_channels: int = 4) -> UNet2DConditionModel:
+    """A tiny SD UNet; ``in_channels=9``: an inpainting UNet's (latents, mask, masked image's latents)."""
     torch.manual_seed(0)
-    return UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
+    return UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=in_channels,
                                 out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
                                 cross_attention_dim=cross_attention_dim, norm_num_groups=4,

@@ -1,6 +1,6 @@
 """Other pipeline families: pixel-space DDPM/DDIM, SD3 (flow matching, VAE with shift), FLUX (latents packed as
-tokens), SDXL (added conditions, Euler), DiT (learned variance, class labels), and a user's own canonical loop; and
-`encode_images`."""
+tokens), SDXL (added conditions, Euler), SD img2img and inpainting, DiT (learned variance, class labels), and a
+user's own canonical loop; and `encode_images`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import diffusers
 import numpy as np
 import pytest
 import torch
-from conftest import MAX_TOKENS, SD_SCHEDULER, TEXT_DIM, tiny_unet_pixels, tiny_vae
+from conftest import MAX_TOKENS, SD_SCHEDULER, TEXT_DIM, tiny_unet_cond, tiny_unet_pixels, tiny_vae
 from PIL import Image
 
 from safedenoiser import NegationSet, SafeDenoiser, SafeDenoiserError
@@ -229,6 +229,51 @@ def test_sdxl_pipeline_with_added_conditions_and_auto_latch():
     safe = SafeDenoiser(near(go()), reference=reference)
     with_safe(safe, pipe, go)
     assert sum(r.acted for r in safe.trace) > 0 and not any(r.latched for r in safe.trace)
+
+
+def image_to_image(cls, sd_components, **kwargs):
+    """``go()`` for an SD pipeline that starts from images (img2img, inpainting): two 16x16 images, 6 steps."""
+    pipe = getattr(diffusers, cls)(**dict(sd_components, scheduler=diffusers.DDIMScheduler(**SD_SCHEDULER)),
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(1)
+    kw = dict(prompt_embeds=torch.randn(2, MAX_TOKENS, TEXT_DIM, generator=g),
+              negative_prompt_embeds=torch.randn(2, MAX_TOKENS, TEXT_DIM, generator=g),
+              image=torch.rand(2, 3, 16, 16, generator=g) * 2 - 1, num_inference_steps=6, output_type="latent")
+    kw.update({"guidance_scale": 3.0, **kwargs})
+    return pipe, lambda: pipe(**kw, generator=torch.Generator().manual_seed(0)).images
+
+
+def test_img2img_pipeline_corrects_the_steps_it_runs(sd_components):
+    pipe, go = image_to_image("StableDiffusionImg2ImgPipeline", sd_components, strength=0.5)
+    safe = far_leaves_near_changes(pipe, go)
+    assert len(safe.trace) == 3  # strength 0.5 of 6 steps: the image is noised to the 4th and denoised from there
+
+
+def test_inpainting_pipeline_changes_only_what_it_repaints(sd_components):
+    mask = torch.ones(2, 1, 16, 16)
+    mask[..., :4] = 0  # keep the left quarter of each image (latent columns 0-1)
+    pipe, go = image_to_image("StableDiffusionInpaintPipeline", sd_components, mask_image=mask, strength=0.9)
+    vanilla = go()
+    assert torch.equal(vanilla, with_safe(SafeDenoiser(far((4, 8, 8))), pipe, go))
+    safe = SafeDenoiser(near(vanilla))
+    moved = with_safe(safe, pipe, go)
+    assert sum(r.acted for r in safe.trace) > 0
+    # the pipeline pastes the kept region back after each step, the correction included
+    assert torch.equal(moved[..., :2], vanilla[..., :2]) and not torch.equal(moved[..., 2:], vanilla[..., 2:])
+
+
+def test_inpainting_unet_that_also_takes_the_mask_measures_in_the_latents(sd_components):
+    """SD's inpainting UNet takes 9 channels (latents, mask, masked image): its features cannot be taken of
+    latents alone, so unguided sampling with reference images measures closeness in the latents."""
+    parts = dict(sd_components, unet=tiny_unet_cond(in_channels=9))
+    mask = torch.ones(2, 1, 16, 16)
+    pipe, go = image_to_image("StableDiffusionInpaintPipeline", parts, mask_image=mask, guidance_scale=1.0)
+    reference = torch.randn(12, 4, 8, 8, generator=torch.Generator().manual_seed(2)) - 5.0
+    safe = far_leaves_near_changes(pipe, go, reference)
+    assert not any(r.in_features or r.latched for r in safe.trace)
+    with pytest.raises(SafeDenoiserError, match="takes 9 input channels, the latents have 4"):
+        with_safe(SafeDenoiser(near(go()), reference=reference, features="unet"), pipe, go)
 
 
 def test_dit_pipeline_far_set_is_bit_identical_and_sees_the_guided_batch():

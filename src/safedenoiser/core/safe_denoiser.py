@@ -321,7 +321,9 @@ class SafeDenoiser:
             return
         if self._unet_features is not None and self._unet_features.unet is getattr(pipe, "unet", None):
             return
-        self._unet_features = UNetFeatures(pipe) if self.features == "unet" else UNetFeatures.of(pipe)
+        channels = local.sample_shape[0]
+        self._unet_features = (UNetFeatures(pipe, channels=channels) if self.features == "unet"
+                               else UNetFeatures.of(pipe, channels))
         self._in_features = None
 
     def _local_in_features(self) -> LocalPosterior | None:

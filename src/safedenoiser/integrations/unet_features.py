@@ -29,26 +29,31 @@ class UNetFeatures:
     Supports the UNets of Stable Diffusion-like pipelines (text conditioning through
     ``pipe.encode_prompt``) and of class-conditional (with a ``null_class``) or unconditional
     ``UNet2DModel`` pipelines; `UNetFeatures.of` returns ``None`` for other models (transformers,
-    SDXL's added conditions). Feature maps larger than ``MAX_SIDE`` are average-pooled to it, which
-    keeps Stable Diffusion's (1280 x 16 x 16 at 512 px) at 82k numbers per image.
+    SDXL's added conditions, an inpainting UNet that takes more ``channels`` than the latents have).
+    Feature maps larger than ``MAX_SIDE`` are average-pooled to it, which keeps Stable Diffusion's
+    (1280 x 16 x 16 at 512 px) at 82k numbers per image.
     """
 
     MAX_SIDE = 8
 
-    def __init__(self, pipe, batch_size: int = 64):
+    def __init__(self, pipe, batch_size: int = 64, channels: int | None = None):
         unet = getattr(pipe, "unet", None)
         conditioning = _null_conditioning(pipe, unet) if _has_up_blocks(unet) else None
         if conditioning is None:
             raise SafeDenoiserError(f"no UNet features for {type(pipe).__name__}: they need a diffusers UNet with up "
                                     "blocks whose null conditioning is known (Stable Diffusion 1.x/2.x, a UNet2DModel "
                                     "pipeline); use features='latent'")
+        if channels is not None and unet.config.in_channels != channels:
+            raise SafeDenoiserError(f"no UNet features for {type(pipe).__name__}: its UNet takes "
+                                    f"{unet.config.in_channels} input channels, the latents have {channels} (an "
+                                    "inpainting UNet also takes the mask and the masked image); use features='latent'")
         self.unet, self.batch_size, self._conditioning = unet, batch_size, conditioning
 
     @classmethod
-    def of(cls, pipe) -> UNetFeatures | None:
-        """The features of ``pipe``'s UNet, or ``None`` where it has none we support."""
+    def of(cls, pipe, channels: int | None = None) -> UNetFeatures | None:
+        """The features of ``pipe``'s UNet for latents of ``channels``, or ``None`` where it has none we support."""
         try:
-            return cls(pipe)
+            return cls(pipe, channels=channels)
         except SafeDenoiserError:
             return None
 
