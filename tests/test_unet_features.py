@@ -61,7 +61,11 @@ def test_models_without_supported_unet_features():
     unet = tiny_unet_cond()
     unet.register_to_config(addition_embed_type="text_time")  # SDXL-like: needs added conditions
     sdxl_like = SimpleNamespace(unet=unet, encode_prompt=lambda *a: None)
-    for pipe in (mixture, sdxl_like, SimpleNamespace(transformer=object())):
+    unet = tiny_unet_cond()
+    unet.encoder_hid_proj = torch.nn.Identity()  # what load_ip_adapter sets, with the config below
+    unet.register_to_config(encoder_hid_dim_type="ip_image_proj")  # the UNet then needs image embeddings
+    ip_adapter = SimpleNamespace(unet=unet, encode_prompt=lambda *a: None)
+    for pipe in (mixture, sdxl_like, ip_adapter, SimpleNamespace(transformer=object())):
         assert UNetFeatures.of(pipe) is None
         with pytest.raises(SafeDenoiserError, match="features='latent'"):
             UNetFeatures(pipe)

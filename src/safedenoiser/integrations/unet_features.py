@@ -29,7 +29,8 @@ class UNetFeatures:
     Supports the UNets of Stable Diffusion-like pipelines (text conditioning through
     ``pipe.encode_prompt``) and of class-conditional (with a ``null_class``) or unconditional
     ``UNet2DModel`` pipelines; `UNetFeatures.of` returns ``None`` for other models (transformers,
-    SDXL's added conditions, an inpainting UNet that takes more ``channels`` than the latents have).
+    SDXL's added conditions, a loaded IP-Adapter's image embeddings, an inpainting UNet that takes more
+    ``channels`` than the latents have).
     Feature maps larger than ``MAX_SIDE`` are average-pooled to it, which keeps Stable Diffusion's
     (1280 x 16 x 16 at 512 px) at 82k numbers per image.
     """
@@ -94,6 +95,8 @@ def _null_conditioning(pipe, unet) -> Callable[[int], dict] | None:
     config = unet.config
     if getattr(config, "addition_embed_type", None) not in (None, "text"):
         return None  # SDXL-like: needs added conditions
+    if getattr(unet, "encoder_hid_proj", None) is not None and config.encoder_hid_dim_type != "text_proj":
+        return None  # an IP-Adapter (or Kandinsky's image projection): needs image embeddings
     if "cross_attention_dim" in config:  # UNet2DConditionModel
         if not hasattr(pipe, "encode_prompt"):
             return None
