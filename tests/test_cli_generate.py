@@ -478,11 +478,16 @@ def test_negation_build_without_images_exits_2(model, tmp_path):
     assert not (tmp_path / "set.safetensors").exists()
 
 
-def test_negation_build_names_the_reference_flag_before_encoding_anything(model, negation_images, tmp_path):
+def test_negation_build_refuses_a_missing_folder_a_file_or_a_pattern_before_encoding(model, negation_images, tmp_path):
     code, _, err = _run(["negation", "build", "--model", model, "--images", str(negation_images),
                          "--reference-images", str(tmp_path / "nope"), "--out", str(tmp_path / "set.safetensors")])
     assert code == 2 and f"--reference-images {tmp_path / 'nope'} is not a folder" in err
     assert "checking --images" in err and "encoding images" not in err  # refused before encoding any
+    image = next(negation_images.iterdir())
+    for given, says in ((image, "is a file: give the folder"), (negation_images / "*.png", "not a pattern")):
+        code, _, err = _run(["negation", "build", "--model", model, "--images", str(given),
+                             "--out", str(tmp_path / "set.safetensors")])
+        assert code == 2 and says in err
 
 
 def test_python_m_entry_point_exits_2_on_bad_input(tmp_path):

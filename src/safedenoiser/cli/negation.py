@@ -33,8 +33,13 @@ def scan_images(folder: Path, flag: str = "--images",
 
     from safedenoiser.integrations.encode import files_under, readable_images
 
+    if folder.is_file():
+        raise SafeDenoiserError(f"{flag} {folder} is a file: give the folder that holds the images (every image "
+                                "under it is used, subfolders included)")
     if not folder.is_dir():
-        raise SafeDenoiserError(f"{flag} {folder} is not a folder")
+        raise SafeDenoiserError(f"{flag} {folder} is not a folder" +
+                                ("; give the folder itself, not a pattern (every image under it is used)"
+                                 if any(c in folder.name for c in "*?[") else ""))
     files = [path for path in files_under(folder) if path.name != CLASS_FILE]
     good, bad = readable_images(tqdm(files, desc=f"checking {flag}", unit="file", disable=not progress))
     for path, reason in bad:
