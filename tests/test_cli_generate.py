@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from safedenoiser import SafeDenoiser
+from safedenoiser import SafeDenoiser, SafeDenoiserError
 from safedenoiser.cli import main
 from safedenoiser.generation import MANIFEST_FILE, generate, read_manifest
 from safedenoiser.negation import NegationSet
@@ -389,6 +389,31 @@ def test_a_run_resumes_only_in_its_own_dtype(model, tmp_path):
     assert len(_manifest(out)) == 1
 
 
+def test_scheduler_and_negative_prompt_change_the_images_and_are_part_of_the_run(model, negation_file, tmp_path):
+    def pixels(out: Path) -> np.ndarray:
+        return np.stack([np.asarray(Image.open(out / r["file"])) for r in _manifest(out)])
+
+    base = ["--prompt", "a top", "--n", "2"]
+    assert _gen(model, tmp_path / "ddim", *base)[0] == 0
+    code, _, err = _gen(model, tmp_path / "dpm", *base, "--scheduler", "dpmsolvermultistep")
+    assert code == 0, err
+    run = json.loads((tmp_path / "dpm" / "run.json").read_text())
+    assert run["settings"]["scheduler"] == run["recorded"]["scheduler"] == "DPMSolverMultistepScheduler"
+    assert not np.array_equal(pixels(tmp_path / "ddim"), pixels(tmp_path / "dpm"))
+    code, _, err = _gen(model, tmp_path / "dpm", *base, "--scheduler", "EulerDiscreteScheduler")
+    assert code == 2 and "scheduler: 'DPMSolverMultistepScheduler' there, 'EulerDiscreteScheduler' now" in err
+    code, _, err = _gen(model, tmp_path / "neg", *base, "--negative-prompt", "a shoe")
+    assert code == 0, err
+    assert json.loads((tmp_path / "neg" / "run.json").read_text())["settings"]["negative_prompt"] == "a shoe"
+    assert not np.array_equal(pixels(tmp_path / "ddim"), pixels(tmp_path / "neg"))
+    code, _, err = _gen(model, tmp_path / "safe", *base, "--scheduler", "UniPCMultistep", "--negation",
+                        str(negation_file))
+    assert code == 0, err
+    assert len(_manifest(tmp_path / "safe")) == 2
+    with pytest.raises(SafeDenoiserError, match="with pipe=, set pipe.scheduler yourself"):
+        generate(tmp_path / "api", model=model, pipe=object(), prompts=["a top"], scheduler="DDIM")
+
+
 def test_a_folder_with_images_but_no_run_file_is_refused(model, tmp_path):
     (tmp_path / "out" / "images").mkdir(parents=True)
     (tmp_path / "out" / "images" / "photo.png").write_bytes(b"x")
@@ -424,6 +449,8 @@ def wrong_shape_set(tmp_path_factory) -> Path:
     (["--prompt", "a", "--negation", "SET", "--features", "pixels"], "--features must be 'auto', 'unet' or 'latent'"),
     (["--prompt", "a", "--boundary-power", "8"], "--boundary-power changes how a negation set is used"),
     (["--prompt", "a", "--min-weight", "3"], "--min-weight changes how a negation set is used"),
+    (["--prompt", "a", "--scheduler", "Euler"], "unknown scheduler 'Euler': give a diffusers scheduler class"),
+    (["--prompt", "a", "--negative-prompt", " "], "--negative-prompt is empty"),
 ])
 def test_bad_input_exits_2_with_a_message(model, wrong_shape_set, negation_file, tmp_path, args, message):
     files = {"WRONG": str(wrong_shape_set), "SET": str(negation_file)}
@@ -438,6 +465,7 @@ def test_bad_input_exits_2_with_a_message(model, wrong_shape_set, negation_file,
     (["--latch"], "latch holds the local estimator's beta"),
     (["--preset", "sd14-nudity", "--features", "unet"], "features='unet' is for the local estimator"),
     (["--boundary-power", "8"], "--boundary-power weighs the reference images"),
+    (["--scheduler", "KDPM2DiscreteScheduler"], "cannot tell the noise level of KDPM2DiscreteScheduler's samples"),
 ])
 def test_flags_that_do_not_go_with_the_set_fail_before_the_model_loads(model, negation_file, tmp_path, monkeypatch,
                                                                        flags, message):
@@ -531,6 +559,7 @@ def test_class_model_makes_n_images_of_a_label_or_unconditional(class_model, tmp
     (["--label", "shoe", "--n", "1"], "--label must be a class index or 'none'"),
     (["--prompt", "a shoe", "--n", "1"], "takes no prompts"),
     (["--n", "1"], "give --label K (a class index) or --label none"),
+    (["--label", "1", "--n", "1", "--negative-prompt", "a shoe"], "takes no negative prompt"),
 ])
 def test_class_model_bad_input_exits_2(class_model, tmp_path, args, message):
     code, _, err = _gen(class_model, tmp_path / "out", *args)

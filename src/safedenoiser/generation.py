@@ -178,22 +178,25 @@ def parse_label(value: str | int | None) -> int | None:
 def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[PromptRow | str] | None = None,
              label: int | str | None = None, n: int | None = None, n_per_prompt: int | None = None,
              seed: int = 0, steps: int | None = None, guidance: float | None = None,
+             negative_prompt: str | None = None, scheduler: str | None = None,
              negation: NegationSet | str | Path | None = None, preset: str | None = None,
              latch: bool | None = None, features: str | None = None, boundary_power: float | None = None,
              min_weight: float | None = None, batch_size: int = 4, device: str | None = None,
              dtype: str = "float32", overwrite: bool = False, progress: bool = True) -> RunResult:
     """Generate a run's images into ``out_dir`` (see the module docstring), resuming what is there.
 
-    ``model`` is a bundled name, a local diffusers folder or a hub id; pass ``pipe`` to reuse a
-    loaded pipeline (``model`` then only names it in the records). ``label`` is for class models:
-    a class index, or ``"none"`` for unconditional samples. ``negation`` (a set or its file) makes
-    the run safe, with ``preset`` selecting the paper's rule and ``latch`` holding each image's
-    highest beta (`SafeDenoiser`'s ``latch``; ``None``: ``"auto"``, on under guidance) and ``features``
-    where a set with reference images measures closeness (`SafeDenoiser`'s; ``None``: ``"auto"``), and
-    ``boundary_power`` that set's `LocalPosterior` ``boundary_power`` and ``min_weight`` `SafeDenoiser`'s
-    (``None``: their defaults). Raises
-    `SafeDenoiserError` for bad input, a different run in ``out_dir`` (unless ``overwrite``) or a
-    negation set that does not fit the model.
+    ``model`` is a bundled name, a local diffusers folder or a hub id; pass ``pipe`` to reuse a loaded
+    pipeline (``model`` then only names it in the records). ``label`` is for class models: a class
+    index, or ``"none"`` for unconditional samples. ``negative_prompt`` (text models) goes with every
+    prompt; ``scheduler`` (a diffusers scheduler class name, `scheduler_class`) replaces the loaded
+    pipeline's, from its config (with ``pipe``, set ``pipe.scheduler`` yourself). ``negation`` (a set or
+    its file) makes the run safe, with ``preset`` selecting the paper's rule and ``latch`` holding each
+    image's highest beta (`SafeDenoiser`'s ``latch``; ``None``: ``"auto"``, on under guidance) and
+    ``features`` where a set with reference images measures closeness (`SafeDenoiser`'s; ``None``:
+    ``"auto"``), and ``boundary_power`` that set's `LocalPosterior` ``boundary_power`` and
+    ``min_weight`` `SafeDenoiser`'s (``None``: their defaults). Raises `SafeDenoiserError` for bad
+    input, a different run in ``out_dir`` (unless ``overwrite``) or a negation set that does not fit the
+    model.
     """
     out_dir = Path(out_dir)
     rows = None if prompts is None else [p if isinstance(p, PromptRow) else PromptRow(p, i + 1)
@@ -218,6 +221,13 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     latch = "auto" if latch is None else latch
     from safedenoiser.core.safe_denoiser import DEFAULT_MIN_WEIGHT, FEATURE_SPACES, SafeDenoiser
 
+    if negative_prompt is not None and not negative_prompt.strip():
+        raise SafeDenoiserError("--negative-prompt is empty")
+    if scheduler is not None and pipe is not None:
+        raise SafeDenoiserError("scheduler= replaces the scheduler of the pipeline generate loads; with pipe=, set "
+                                "pipe.scheduler yourself")
+    scheduler_cls = scheduler_class(scheduler, safe=negation is not None) if scheduler is not None else None
+
     if features is not None and features not in FEATURE_SPACES:
         raise SafeDenoiserError(f"--features must be 'auto', 'unet' or 'latent' (got {features!r})")
     features = features or "auto"
@@ -235,7 +245,12 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     if pipe is None:
         pipe = load_pipeline(model, device, DTYPES[dtype])
         pipe.set_progress_bar_config(disable=True)  # ours counts images
+        if scheduler_cls is not None:
+            pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
     kind = pipeline_kind(pipe)
+    if negative_prompt is not None and not (kind == "text" and _takes(pipe, "negative_prompt")):
+        raise SafeDenoiserError(f"{model} takes no negative prompt; --negative-prompt is for text-to-image models "
+                                "that guide with one")
     if kind == "class" and not label_given and rows is None:
         raise SafeDenoiserError(f"{model} is a class-conditional model: give --label K (a class index) or "
                                 "--label none (unconditional)")
@@ -257,7 +272,9 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         # safe runs record them: ones from before "auto" (keys absent) are not resumed with other settings
         **({"latch": latch, "features": features} if neg is not None else {}),
         # recorded where given, so that runs from before these options (at their defaults) still resume
-        **{key: value for key, value in (("boundary_power", boundary_power), ("min_weight", min_weight))
+        **{key: value for key, value in (("boundary_power", boundary_power), ("min_weight", min_weight),
+                                         ("negative_prompt", negative_prompt),
+                                         ("scheduler", scheduler_cls and scheduler_cls.__name__))
            if value is not None},
     }
     if safe is not None:
@@ -271,14 +288,14 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
 
     _write_json_atomic(out_dir / RUN_FILE, {"settings": settings, "recorded": {
         "model_arg": str(model), "device": device, "batch_size": batch_size,
-        "argv": sys.argv}})
+        "scheduler": type(pipe.scheduler).__name__, "argv": sys.argv}})
 
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), initial=result.skipped, unit="img", desc=method, disable=not progress)
     with open(out_dir / MANIFEST_FILE, "a", encoding="utf-8") as manifest:
         for batch in _batches(pending, batch_size):
-            images = _sample(pipe, kind, batch, steps, safe)
+            images = _sample(pipe, kind, batch, steps, safe, negative_prompt)
             for row, (job, image) in enumerate(zip(batch, images)):
                 _save_png_atomic(image, out_dir / job.file)
                 record = ManifestRecord(job.file, job.index, job.prompt, job.label, job.seed, job.guidance, steps,
@@ -324,6 +341,27 @@ def load_pipeline(model: str, device: str, dtype: torch.dtype):
     except Exception as err:  # diffusers / huggingface_hub raise many types for a bad name or folder
         raise SafeDenoiserError(f"cannot load model {model!r}: {type(err).__name__}: {err}; give a bundled "
                                 "model name, a local diffusers folder or a hub id") from err
+
+
+def scheduler_class(name: str, safe: bool = False) -> type:
+    """The diffusers scheduler class called ``name`` (case and the ``Scheduler`` suffix optional:
+    ``dpmsolvermultistep``); with ``safe``, only one `attach` supports."""
+    import diffusers
+
+    from safedenoiser.integrations.diffusers import SUPPORTED
+
+    def key(text: str) -> str:
+        return text.lower().removesuffix("scheduler")
+
+    matches = [attr for attr in dir(diffusers) if attr.endswith("Scheduler") and key(attr) == key(name)]
+    if not matches:
+        raise SafeDenoiserError(f"unknown scheduler {name!r}: give a diffusers scheduler class, e.g. "
+                                f"DPMSolverMultistepScheduler; the safe denoiser runs with {', '.join(SUPPORTED)}")
+    cls = getattr(diffusers, matches[0])
+    if safe and not any(base.__name__ in SUPPORTED for base in cls.__mro__):
+        raise SafeDenoiserError(f"the safe denoiser cannot tell the noise level of {cls.__name__}'s samples; use "
+                                f"one of {', '.join(SUPPORTED)}")
+    return cls
 
 
 def _model_default(model: str, key: str, fallback):
@@ -431,7 +469,7 @@ def _what_safe_did(safe: SafeDenoiser | None, row: int) -> tuple[float | None, i
     return round(float(safe.samples.beta_max[row]), 4), int(safe.samples.steps_corrected[row])
 
 
-def _sample(pipe, kind: str, batch: list[ImageJob], steps: int, safe) -> list:
+def _sample(pipe, kind: str, batch: list[ImageJob], steps: int, safe, negative_prompt: str | None = None) -> list:
     """Run the pipeline on one batch, each image with its own generator (so batching changes nothing)."""
     kwargs: dict[str, Any] = {
         "num_inference_steps": steps,
@@ -442,6 +480,8 @@ def _sample(pipe, kind: str, batch: list[ImageJob], steps: int, safe) -> list:
         kwargs["guidance_scale"] = batch[0].guidance
     if kind == "text":
         kwargs["prompt"] = [job.prompt for job in batch]
+        if negative_prompt is not None:
+            kwargs["negative_prompt"] = [negative_prompt] * len(batch)
     elif kind == "class":
         kwargs["class_labels"] = [job.label for job in batch]
     else:

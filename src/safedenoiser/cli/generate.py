@@ -33,6 +33,11 @@ def generate(
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's, else 50)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale for rows without "
                                              "evaluation_guidance (default: the model's, else 7.5)."),
+    negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="A negative prompt for every "
+                                                  "image (text models that guide with one)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="A diffusers scheduler class to sample with "
+                                            "instead of the model's, from its config: e.g. "
+                                            "DPMSolverMultistepScheduler (case and the Scheduler suffix optional)."),
     negation: Optional[Path] = typer.Option(None, "--negation", help="A negation set (.safetensors from "
                                             "`safe-denoiser negation build`): sample safely away from it."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Use the authors' rule with a paper preset: "
@@ -81,9 +86,10 @@ def generate(
             raise SafeDenoiserError("a --prompt is empty")
         rows = list(prompt)
     result = run(out, model=model, prompts=rows, label=label, n=n, n_per_prompt=n_per_prompt, seed=seed,
-                 steps=steps, guidance=guidance, negation=negation, preset=preset, latch=latch,
-                 features=features, boundary_power=boundary_power, min_weight=min_weight, batch_size=batch_size,
-                 device=device, dtype=dtype, overwrite=overwrite, progress=not quiet)
+                 steps=steps, guidance=guidance, negative_prompt=negative_prompt, scheduler=scheduler,
+                 negation=negation, preset=preset, latch=latch, features=features, boundary_power=boundary_power,
+                 min_weight=min_weight, batch_size=batch_size, device=device, dtype=dtype, overwrite=overwrite,
+                 progress=not quiet)
     typer.echo(f"{out}: {result.generated} image(s) written, {result.skipped} already there, "
                f"{result.total} in the run; manifest {result.manifest}")
     records = [r for r in read_manifest(out) if "steps_corrected" in r] if negation is not None else []
