@@ -14,11 +14,13 @@ pullover is the judge's error on the VAE's reconstruction of a real image (model
 real pullover is a reference image the set labelled safe. Target: vanilla direct >= 60%, safe <= 5% in
 every group of k, other classes' on-class accuracy within 5 points of vanilla. ``--features``,
 ``--boundary-power`` and ``--min-weight`` pass the `generate` flags of those names to both safe runs
-(default: none, i.e. the defaults). Prints and writes the table to --out.
+(default: none, i.e. the defaults); ``--scheduler`` and ``--steps`` to all three runs (default: the
+model's). Prints and writes the table to --out.
 
     python benchmarks/cli_every_class.py [--classes 0 1 ...] [--n-per-prompt 2] [--negation-size 200]
         [--negation-source test|model] [--reference-size 500] [--reference-source test|model]
-        [--features unet] [--boundary-power 8] [--min-weight 3] [--work DIR] [--out FILE]
+        [--features unet] [--boundary-power 8] [--min-weight 3] [--scheduler NAME] [--steps N]
+        [--work DIR] [--out FILE]
 
 The commands write into a fresh temporary folder (removed at the end), or into --work DIR, which must
 be new or empty: `generate` resumes a folder that holds the same run, so old images would be reused.
@@ -109,9 +111,9 @@ def share(records: list[dict], group: str, cls: int | None = None) -> float:
 
 def run_class(k: int, images: torch.Tensor, labels: torch.Tensor, reference: Path, reference_labels: torch.Tensor,
               work: Path, n_per_prompt: int, negation_size: int, negation_source: str, safe_flags: tuple[str, ...],
-              pipe) -> dict:
-    """Build, generate vanilla and safe (``safe_flags``: `generate` flags for both safe runs), judge; the
-    class's numbers."""
+              sampling: tuple[str, ...], pipe) -> dict:
+    """Build, generate vanilla and safe (``safe_flags``: `generate` flags for both safe runs, ``sampling``
+    for all three), judge; the class's numbers."""
     if negation_source == "test":
         folder = export_pngs(images[labels == k][:negation_size], work / f"class{k}" / "images")
     else:
@@ -127,7 +129,7 @@ def run_class(k: int, images: torch.Tensor, labels: torch.Tensor, reference: Pat
     for method, extra in (("vanilla", ()), *((m, (*chosen, *flags)) for m, flags in SAFE_RUNS.items())):
         out = work / f"class{k}" / method.replace(" ", "")
         cli("generate", "--model", MODEL, "--prompts", prompt_file, "--n-per-prompt", n_per_prompt, "--seed", 0,
-            *extra, "--out", out, "--overwrite", "-q")
+            *sampling, *extra, "--out", out, "--overwrite", "-q")
         runs[method] = judged_run(out, prompts, copy_check)
     row = {f"{m} {g}": share(runs[m], g, k) for m in runs for g in UNSAFE_GROUPS}
     row |= {f"{m} others": share(runs[m], "other") for m in runs}
@@ -185,6 +187,8 @@ def main() -> None:
                         help="generate --features for the safe runs")
     parser.add_argument("--boundary-power", type=float, help="generate --boundary-power for the safe runs")
     parser.add_argument("--min-weight", type=float, help="generate --min-weight for the safe runs")
+    parser.add_argument("--scheduler", help="generate --scheduler for all three runs")
+    parser.add_argument("--steps", type=int, help="generate --steps for all three runs")
     parser.add_argument("--work", type=Path, help="keep the commands' files here (a new or empty folder)")
     parser.add_argument("--out", type=Path, default=Path("docs/results/cli_every_class.md"))
     args = parser.parse_args()
@@ -230,11 +234,13 @@ def run(args: argparse.Namespace, work: Path) -> None:
     pipe = load_pipeline(MODEL)  # decodes the sets' reference images for the copy check
     given = {"--features": args.features, "--boundary-power": args.boundary_power, "--min-weight": args.min_weight}
     safe_flags = tuple(part for flag, value in given.items() if value is not None for part in (flag, str(value)))
+    given = {"--scheduler": args.scheduler, "--steps": args.steps}
+    sampling = tuple(part for flag, value in given.items() if value is not None for part in (flag, str(value)))
     rows = {}
     for k in args.classes:
         t0 = time.time()
         rows[k] = run_class(k, images, labels, reference, reference_labels, work, args.n_per_prompt,
-                            args.negation_size, args.negation_source, safe_flags, pipe)
+                            args.negation_size, args.negation_source, safe_flags, sampling, pipe)
         print(f"class {k} ({CLASS_NAMES[k]}): " + ", ".join(
             f"{m} {'holds' if rows[k][f'{m} holds'] else 'misses'}" for m in SAFE_RUNS) + f", {time.time() - t0:.0f} s",
             flush=True)
@@ -243,8 +249,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
     lines = ["# Issue 4's target through the public commands, every class", "",
              f"`python {' '.join(map(shlex.quote, sys.argv))}`: per class, `safe-denoiser negation build --model "
              f"{MODEL}` from {negated} with {described} as "
-             f"`--reference-images`, then `safe-denoiser generate` (the model's default steps "
-             f"and guidance, seed 0) without `--negation`, with it ("
+             f"`--reference-images`, then `safe-denoiser generate` ("
+             + (f"`{' '.join(sampling)}`, " if sampling else "the model's default scheduler and steps, ")
+             + "its guidance, seed 0) without `--negation`, with it ("
              + (f"`{' '.join(safe_flags)}`" if safe_flags else "default flags")
              + f": the latch is on under the model's guidance) and with it and `--no-latch`, {len(groups)} held-out "
              f"prompts x {args.n_per_prompt} images: the class's direct, paraphrase and indirect prompts "
