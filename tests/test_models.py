@@ -200,6 +200,13 @@ def test_folder_without_model_index_is_refused(tmp_path):
         load_pipeline(str(tmp_path))
 
 
+def test_a_single_checkpoint_file_is_refused_with_how_to_convert_it(tmp_path):
+    checkpoint = tmp_path / "v1-5-pruned.safetensors"
+    checkpoint.write_bytes(b"")
+    with pytest.raises(SafeDenoiserError, match="single checkpoint file.*from_single_file"):
+        load_pipeline(str(checkpoint))
+
+
 def test_bundled_sampling_defaults_are_the_settings_their_quality_was_measured_with():
     measured = (Path(__file__).parents[1] / "docs" / "results" / "model_quality.md").read_text()
     for name in BUNDLED:

@@ -29,6 +29,7 @@ DEFAULT_SAMPLING: dict[str, dict] = {
 }
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")  # checkpoints as shared outside diffusers
 
 
 def _unknown(model: str, why: str = "") -> SafeDenoiserError:
@@ -125,6 +126,10 @@ def load_pipeline(model: str, device: str | torch.device = "cpu",
             raise _unknown(model, "the folder has no model_index.json, so it is not a diffusers "
                                   "pipeline folder")
         pipe = _from_folder(path, dtype)
+    elif Path(model).expanduser().is_file() and Path(model).suffix in SINGLE_FILE_SUFFIXES:
+        raise _unknown(model, "it is a single checkpoint file; convert it to a diffusers folder once, e.g. "
+                              "`StableDiffusionPipeline.from_single_file(path).save_pretrained(folder)`, and give the "
+                              "folder")
     elif _HUB_ID.match(model) and not Path(model).exists():
         from diffusers import DiffusionPipeline
 
