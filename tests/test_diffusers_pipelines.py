@@ -394,6 +394,19 @@ def test_pil_images_are_scaled_by_their_shorter_side_then_centre_cropped():
     np.testing.assert_allclose(pixels[0, 0].numpy(), expected, atol=1e-6)
 
 
+def test_a_photo_is_turned_upright_as_its_exif_orientation_says(tmp_path):
+    """Phones store pixels as the sensor saw them and the rotation in EXIF; a viewer shows them upright."""
+    from safedenoiser.integrations.encode import load_images
+
+    upright = Image.fromarray(np.tile(np.arange(0, 240, 3, dtype=np.uint8), (60, 1)))  # 80 wide, 60 high
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what the sensor saw
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    stored.save(tmp_path / "photo.png", exif=exif)
+    pixels, _ = load_images([tmp_path / "photo.png"], 16, 1)
+    torch.testing.assert_close(pixels, load_images([upright], 16, 1)[0])
+
+
 def test_vae_fingerprint_survives_half_precision_and_tells_vaes_apart(sd_pipe):
     half = copy.copy(sd_pipe)
     half.vae = copy.deepcopy(sd_pipe.vae).to(torch.bfloat16)

@@ -98,10 +98,11 @@ def readable_images(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path,
 
 
 def _pil_to_tensor(image, size: int, channels: int) -> Tensor:
-    """Resize the shorter side to ``size``, centre-crop, to ``[C, size, size]`` in [-1, 1]."""
-    from PIL import Image
+    """Upright as the camera's EXIF orientation says, resize the shorter side to ``size``, centre-crop, to
+    ``[C, size, size]`` in [-1, 1]."""
+    from PIL import Image, ImageOps
 
-    image = image.convert("L" if channels == 1 else "RGB")
+    image = ImageOps.exif_transpose(image).convert("L" if channels == 1 else "RGB")
     w, h = image.size
     scale = size / min(w, h)
     image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
