@@ -407,6 +407,16 @@ def test_a_photo_is_turned_upright_as_its_exif_orientation_says(tmp_path):
     torch.testing.assert_close(pixels, load_images([upright], 16, 1)[0])
 
 
+def test_a_16_bit_grey_image_keeps_its_tones(tmp_path):
+    from safedenoiser.integrations.encode import load_images
+
+    tones = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))
+    Image.fromarray(tones.astype(np.uint16) * 257).save(tmp_path / "scan.png")  # the same tones in 16 bits
+    for channels in (1, 3):
+        pixels, _ = load_images([tmp_path / "scan.png"], 16, channels)
+        torch.testing.assert_close(pixels, load_images([Image.fromarray(tones)], 16, channels)[0])
+
+
 def test_vae_fingerprint_survives_half_precision_and_tells_vaes_apart(sd_pipe):
     half = copy.copy(sd_pipe)
     half.vae = copy.deepcopy(sd_pipe.vae).to(torch.bfloat16)

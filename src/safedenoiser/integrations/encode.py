@@ -102,7 +102,10 @@ def _pil_to_tensor(image, size: int, channels: int) -> Tensor:
     ``[C, size, size]`` in [-1, 1]."""
     from PIL import Image, ImageOps
 
-    image = ImageOps.exif_transpose(image).convert("L" if channels == 1 else "RGB")
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I"):  # 16-bit grey: PIL's convert would clip every value above 255 to white
+        image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
+    image = image.convert("L" if channels == 1 else "RGB")
     w, h = image.size
     scale = size / min(w, h)
     image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
