@@ -451,6 +451,7 @@ def wrong_shape_set(tmp_path_factory) -> Path:
     (["--prompt", "a", "--min-weight", "3"], "--min-weight changes how a negation set is used"),
     (["--prompt", "a", "--scheduler", "Euler"], "unknown scheduler 'Euler': give a diffusers scheduler class"),
     (["--prompt", "a", "--negative-prompt", " "], "--negative-prompt is empty"),
+    (["--prompt", "a", "--guidance", "1", "--negative-prompt", "a shoe"], "off at guidance 1 or less"),
 ])
 def test_bad_input_exits_2_with_a_message(model, wrong_shape_set, negation_file, tmp_path, args, message):
     files = {"WRONG": str(wrong_shape_set), "SET": str(negation_file)}

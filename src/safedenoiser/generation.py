@@ -259,6 +259,9 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     default_guidance = guidance if guidance is not None else _model_default(model, "guidance", DEFAULT_GUIDANCE)
     jobs = plan_jobs(kind, prompts=rows, label=label, n=n, n_per_prompt=n_per_prompt, seed=seed,
                      guidance=default_guidance if _takes(pipe, "guidance_scale") else None)
+    if negative_prompt is not None and all(job.guidance is not None and job.guidance <= 1 for job in jobs):
+        raise SafeDenoiserError("--negative-prompt acts only through classifier-free guidance, which is off at "
+                                "guidance 1 or less: give --guidance above 1")
 
     method = "vanilla" if neg is None else "safe"
     negated_class = _negated_class(neg)
