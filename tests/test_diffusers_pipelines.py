@@ -363,6 +363,19 @@ def test_readable_images_decodes_the_pixels_so_a_truncated_jpeg_is_listed(tmp_pa
                                                                            ("notes.txt", "not an image")]
 
 
+def test_an_image_over_pils_size_limit_is_listed_and_skipped_not_a_traceback(tmp_path, monkeypatch):
+    from safedenoiser.integrations.encode import load_images
+
+    Image.new("L", (32, 32)).save(tmp_path / "huge.png")
+    Image.new("L", (8, 8)).save(tmp_path / "small.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 256)  # PIL refuses images over twice this (1,024 > 512)
+    good, bad = readable_images(sorted(tmp_path.iterdir()))
+    assert good == [tmp_path / "small.png"] and bad[0][0] == tmp_path / "huge.png"
+    assert bad[0][1].startswith("too large to decode") and bad[0][1].endswith("downscale it")
+    pixels, hashes = load_images(tmp_path, 16, 1)
+    assert len(pixels) == len(hashes) == 1
+
+
 def test_encode_images_with_nothing_readable_is_an_error(sd_pipe, tmp_path):
     (tmp_path / "a.txt").write_text("x")
     with pytest.raises(SafeDenoiserError, match="no readable image"):

@@ -82,8 +82,9 @@ def files_under(source: str | Path) -> list[Path]:
 
 
 def readable_images(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """The ``paths`` that PIL can decode as images, and the others with the reason (``not an image`` or
-    ``unreadable (...)``: a truncated JPEG has a valid header, so the pixels are decoded too)."""
+    """The ``paths`` that PIL can decode as images, and the others with the reason (``not an image``,
+    ``too large to decode`` (PIL's decompression-bomb limit) or ``unreadable (...)``: a truncated JPEG has
+    a valid header, so the pixels are decoded too)."""
     from PIL import Image, UnidentifiedImageError
 
     good, bad = [], []
@@ -92,6 +93,8 @@ def readable_images(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path,
             with Image.open(path) as image:
                 image.load()
             good.append(path)
+        except Image.DecompressionBombError as err:
+            bad.append((path, f"too large to decode ({err}); downscale it"))
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             bad.append((path, "not an image" if isinstance(err, UnidentifiedImageError) else f"unreadable ({err})"))
     return good, bad
@@ -170,7 +173,7 @@ def _decoded(items: Iterable, size: int, channels: int, hashes: list[str], skipp
             with Image.open(Path(item)) as image:
                 image.load()
                 pixels = _pil_to_tensor(image, size, channels)
-        except (OSError, UnidentifiedImageError, ValueError) as err:
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
             skipped.append(f"{item} ({type(err).__name__})")
             continue
         hashes.append(hashlib.sha256(data).hexdigest())
