@@ -392,6 +392,32 @@ def test_encode_uses_the_latent_mean_shift_and_scale():
     assert meta["sources_sha256"] == "tensor" and float(meta["shift_factor"]) == 0.0609
 
 
+def test_encode_uses_a_vaes_per_channel_latent_mean_and_std_as_sdxls_pipelines_do():
+    """Playground v2.5's VAE: SDXL's pipelines denoise ``(z - latents_mean) * scaling_factor / latents_std``."""
+    mean, std = [0.5, -0.2, 0.1, 0.0], [2.0, 1.0, 0.5, 4.0]
+    pipe = diffusers.StableDiffusionXLPipeline(vae=tiny_vae(latents_mean=mean, latents_std=std, scaling_factor=0.5),
+                                               unet=None, text_encoder=None, text_encoder_2=None, tokenizer=None,
+                                               tokenizer_2=None, scheduler=diffusers.EulerDiscreteScheduler())
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    latents, meta = encode_images(pipe, images, progress=False, image_size=16)
+    with torch.no_grad():
+        z = pipe.vae.encode(images).latent_dist.mean
+    shape = (1, 4, 1, 1)
+    torch.testing.assert_close(latents, (z - torch.tensor(mean).view(shape)) * 0.5 / torch.tensor(std).view(shape))
+    assert json.loads(meta["latents_mean"]) == mean and json.loads(meta["latents_std"]) == std
+
+
+def test_a_float16_vae_that_asks_for_it_encodes_in_float32(sd_components, monkeypatch):
+    """SDXL's VAE overflows in float16 (NaN latents); its config's force_upcast says to encode in float32."""
+    vae = tiny_vae(force_upcast=True).to(torch.float16)
+    pipe = diffusers.StableDiffusionPipeline(**dict(sd_components, vae=vae), requires_safety_checker=False)
+    seen, encode = [], vae.encode
+    monkeypatch.setattr(vae, "encode", lambda x: seen.append((x.dtype, vae.dtype)) or encode(x))
+    latents, _ = encode_images(pipe, torch.rand(2, 3, 16, 16) * 2 - 1, progress=False)
+    assert seen == [(torch.float32, torch.float32)] and vae.dtype == torch.float16
+    assert latents.dtype == torch.float32 and torch.isfinite(latents).all()
+
+
 def test_pil_images_are_resized_to_the_pipeline_size(sd_pipe):
     images = [Image.new("RGB", (40, 30), color=(200, 10, 10)), Image.new("RGB", (16, 16))]
     negation = NegationSet.from_images(sd_pipe, images, progress=False)

@@ -1,6 +1,8 @@
 """Negation sets from images, through a pipeline's own VAE (DESIGN §2.1).
 
     latent = (E(image).mean - shift_factor) * scaling_factor      (shift only where the VAE has one)
+    latent = (E(image).mean - latents_mean) * scaling_factor / latents_std
+                                                (per channel, where the VAE's config has them: SDXL's pipelines)
 
 Pixel-space pipelines (DDPM, DDIM: no VAE) denoise the pixels themselves, in [-1, 1].
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -202,13 +205,41 @@ def _check_readable(n_read: int, skipped: list[str]) -> None:
                                 "; give image files (PNG, JPEG, ...), a folder of them, PIL images or a tensor")
 
 
+def _latent_space(config) -> dict:
+    """The VAE config's map to the pipeline's latents: ``scaling_factor`` and ``shift_factor`` (SD3,
+    FLUX), or per-channel ``latents_mean`` and ``latents_std`` where it has them (SDXL's pipelines use
+    them instead of the shift)."""
+    space = {"scaling_factor": float(getattr(config, "scaling_factor", None) or 1.0),
+             "shift_factor": float(getattr(config, "shift_factor", None) or 0.0)}
+    if getattr(config, "latents_mean", None) is not None and getattr(config, "latents_std", None) is not None:
+        space |= {"latents_mean": [float(v) for v in config.latents_mean],
+                  "latents_std": [float(v) for v in config.latents_std]}
+    return space
+
+
+@contextmanager
+def _encoding_precision(vae) -> Iterator[None]:
+    """float32 for a float16 VAE whose config says ``force_upcast``, its own dtype back afterwards."""
+    upcast = (vae is not None and next(vae.parameters()).dtype == torch.float16
+              and getattr(vae.config, "force_upcast", False))
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        yield
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+
+
 @torch.no_grad()
 def encode_images(pipe, images, batch_size: int = 8, progress: bool = True, *,
                   image_size: int | None = None) -> tuple[Tensor, dict[str, str]]:
     """Encode images into the space ``pipe`` denoises: ``(latents [M, C, H, W] float32 CPU, metadata)``.
 
     ``images``: paths, a folder, PIL images, or a tensor in [-1, 1]. Latents are the VAE's latent
-    distribution mean, ``(mean - shift_factor) * scaling_factor``; pixels for pixel-space pipelines.
+    distribution mean in the space the pipeline denoises (`_latent_space`); pixels for pixel-space
+    pipelines. A float16 VAE whose config says ``force_upcast`` encodes in float32, as diffusers' own
+    pipelines do (SDXL's VAE overflows in float16).
     """
     from tqdm.auto import tqdm
 
@@ -222,28 +253,30 @@ def encode_images(pipe, images, batch_size: int = 8, progress: bool = True, *,
         read = tqdm(items, desc="encoding images", disable=not progress, unit="image")
         batches = _batched(_decoded(read, size, channels, hashes, skipped), batch_size)
     vae = getattr(pipe, "vae", None)
-    scaling = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0) if vae is not None else 1.0
-    shift = getattr(vae.config, "shift_factor", None) if vae is not None else None
-    shift = float(shift) if shift is not None else 0.0
+    space = _latent_space(vae.config) if vae is not None else {"scaling_factor": 1.0, "shift_factor": 0.0}
+    centre = torch.tensor(space.get("latents_mean", space["shift_factor"])).reshape(1, -1, 1, 1)
+    spread = torch.tensor(space.get("latents_std", 1.0)).reshape(1, -1, 1, 1)
     out = []
-    for batch in batches:
-        if vae is None:
-            out.append(batch)
-            continue
-        param = next(vae.parameters())
-        encoded = vae.encode(batch.to(device=param.device, dtype=param.dtype))
-        if hasattr(encoded, "latent_dist"):
-            mean = encoded.latent_dist.mean
-        elif isinstance(encoded, tuple) and hasattr(encoded[0], "mean"):
-            mean = encoded[0].mean
-        else:
-            mean = getattr(encoded, "latents", encoded)
-        out.append(((mean.float() - shift) * scaling).cpu())
+    with _encoding_precision(vae):
+        for batch in batches:
+            if vae is None:
+                out.append(batch)
+                continue
+            param = next(vae.parameters())
+            encoded = vae.encode(batch.to(device=param.device, dtype=param.dtype))
+            if hasattr(encoded, "latent_dist"):
+                mean = encoded.latent_dist.mean
+            elif isinstance(encoded, tuple) and hasattr(encoded[0], "mean"):
+                mean = encoded[0].mean
+            else:
+                mean = getattr(encoded, "latents", encoded)
+            out.append((mean.float().cpu() - centre) * space["scaling_factor"] / spread)
     if hashes is not None:
         _check_readable(len(hashes), skipped)
     latents = torch.cat(out)
-    metadata = {"encoder": vae_fingerprint(pipe), "scaling_factor": repr(scaling), "shift_factor": repr(shift),
-                "image_size": str(size), "sources_sha256": "tensor" if hashes is None else json.dumps(hashes)}
+    metadata = {**{key: json.dumps(value) if isinstance(value, list) else repr(value) for key, value in space.items()},
+                "encoder": vae_fingerprint(pipe), "image_size": str(size),
+                "sources_sha256": "tensor" if hashes is None else json.dumps(hashes)}
     model = getattr(pipe, "name_or_path", None) or getattr(getattr(pipe, "config", None), "_name_or_path", None)
     if model:
         metadata["model"] = str(model)
