@@ -32,13 +32,16 @@ class MixtureEps(ModelMixin, ConfigMixin):
     ``t`` is a diffusers timestep; non-integer ones (Euler's) are read the way Euler reads them:
     ``sigma(t)`` linearly interpolated in the table ``sqrt((1 - a_bar) / a_bar)``. ``prediction``
     ``"v_prediction"`` outputs ``a eps - s x0``, ``"sample"`` outputs ``x0``, and ``"flow"`` is a
-    rectified-flow model (``a = 1 - t/T``, ``s = t/T``) that outputs ``eps - x0``.
+    rectified-flow model (``a = 1 - t/T``, ``s = t/T``) that outputs ``eps - x0``. ``"edm-epsilon"``
+    and ``"edm-v_prediction"`` are EDM-preconditioned models as diffusers' EDM schedulers call them: the
+    timestep is ``c_noise = log(sigma) / 4``, the input ``sample / sqrt(sigma^2 + sd^2)`` (VE level
+    ``sigma``, ``sd = sigma_data``), the output ``F`` with ``x0 = c_skip x + c_out F``.
     """
 
     @register_to_config
     def __init__(self, means: list, stds: list, weights: list, in_channels: int = 2, sample_size: int = 1,
                  num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
-                 prediction: str = "epsilon"):
+                 prediction: str = "epsilon", sigma_data: float = 0.5):
         super().__init__()
         self.register_buffer("dummy", torch.zeros(1))  # gives the module a device and a dtype
         betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
@@ -68,13 +71,26 @@ class MixtureEps(ModelMixin, ConfigMixin):
 
     def forward(self, sample: torch.Tensor, timestep, *args, return_dict: bool = True, **kwargs):
         x = sample.reshape(sample.shape[0], -1).double()
-        a, s = self.levels(timestep)
-        x0 = self.denoise(x, a, s)
-        eps = (x - a[:, None] * x0) / s[:, None]
-        out = {"epsilon": eps, "v_prediction": a[:, None] * eps - s[:, None] * x0, "sample": x0,
-               "flow": eps - x0}[self.config.prediction]
+        if self.config.prediction.startswith("edm-"):
+            out = self._edm_output(x, timestep)
+        else:
+            a, s = self.levels(timestep)
+            x0 = self.denoise(x, a, s)
+            eps = (x - a[:, None] * x0) / s[:, None]
+            out = {"epsilon": eps, "v_prediction": a[:, None] * eps - s[:, None] * x0, "sample": x0,
+                   "flow": eps - x0}[self.config.prediction]
         out = out.reshape(sample.shape).to(sample.dtype)
         return UNet2DOutput(sample=out) if return_dict else (out,)
+
+
+    def _edm_output(self, model_input: torch.Tensor, c_noise) -> torch.Tensor:
+        sigma = torch.exp(4 * torch.as_tensor(c_noise, dtype=torch.float64)).reshape(-1, 1)
+        sd2 = self.config.sigma_data ** 2
+        x = model_input * torch.sqrt(sigma * sigma + sd2)
+        x0 = self.denoise(x, torch.ones_like(sigma[:, 0]), sigma[:, 0])
+        c_out = sigma * self.config.sigma_data / torch.sqrt(sigma * sigma + sd2)
+        c_out = c_out if self.config.prediction == "edm-epsilon" else -c_out
+        return (x0 - sd2 / (sigma * sigma + sd2) * x) / c_out
 
 
 MIXTURE = {"means": [[-0.5, -0.3], [0.5, -0.3], [0.0, 0.5]], "stds": [0.1, 0.1, 0.1], "weights": [0.3, 0.3, 0.4]}

@@ -16,7 +16,8 @@ import pytest
 import torch
 from conftest import (NEGATED, ExactNegatedComponent, component_shares, exact_beta, mixture_model,
                       mixture_pipeline, mixture_samples, run_loop)
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EDMDPMSolverMultistepScheduler, EDMEulerScheduler,
+                       EulerDiscreteScheduler,
                        FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, TCDScheduler,
                        UniPCMultistepScheduler)
 
@@ -78,10 +79,13 @@ SAMPLERS = {
     "heun": lambda: (mixture_model(), HeunDiscreteScheduler(**MIXTURE_SCHEDULE)),
     "lcm": lambda: (mixture_model(), LCMScheduler(**MIXTURE_SCHEDULE)),
     "tcd": lambda: (mixture_model(), TCDScheduler(**MIXTURE_SCHEDULE)),
+    "edm-euler": lambda: (mixture_model("edm-epsilon"), EDMEulerScheduler()),
+    "edm-dpm++-v": lambda: (mixture_model("edm-v_prediction"), EDMDPMSolverMultistepScheduler(
+        prediction_type="v_prediction")),
 }
 REQUIRED = ["DDIMPipeline", "DDPMPipeline", "euler", "dpm++"]
 PARAMETRISATIONS = ["euler-v", "ddim-v", "ddim-sample", "unipc-sample", "flow-euler"]
-MORE_SAMPLERS = ["heun", "lcm", "tcd"]  # a second-order one, and consistency samplers
+MORE_SAMPLERS = ["heun", "lcm", "tcd", "edm-euler", "edm-dpm++-v"]  # second order, consistency, EDM-preconditioned
 
 
 def assert_safe_shares(shares: list[float], aim: float = NEGATED_MAX) -> None:

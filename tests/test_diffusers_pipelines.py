@@ -231,6 +231,15 @@ def test_sdxl_pipeline_with_added_conditions_and_auto_latch():
     assert sum(r.acted for r in safe.trace) > 0 and not any(r.latched for r in safe.trace)
 
 
+def test_sdxl_pipeline_with_an_edm_scheduler_as_playground_v2_5_samples():
+    """Playground v2.5: an SDXL pipeline, EDM's DPM-Solver++ (sigma space, preconditioned model output)."""
+    pipe = sdxl_pipe()
+    pipe.scheduler = diffusers.EDMDPMSolverMultistepScheduler(sigma_data=0.5)
+    safe = far_leaves_near_changes(pipe, embedded_prompts(pipe, 3.0))
+    sigmas = [r.sigma for r in safe.trace]
+    assert all(r.alpha == 1.0 for r in safe.trace) and sigmas == sorted(sigmas, reverse=True) and sigmas[0] > 10
+
+
 def image_to_image(cls, sd_components, **kwargs):
     """``go()`` for an SD pipeline that starts from images (img2img, inpainting): two 16x16 images, 6 steps."""
     pipe = getattr(diffusers, cls)(**dict(sd_components, scheduler=diffusers.DDIMScheduler(**SD_SCHEDULER)),

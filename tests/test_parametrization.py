@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from safedenoiser.core.parametrization import PREDICTIONS, flow_levels, from_x0, to_x0, ve_levels, vp_levels
+from safedenoiser.core.parametrization import (PREDICTIONS, edm_from_x0, edm_to_x0, flow_levels, from_x0, to_x0,
+                                               ve_levels, vp_levels)
 from safedenoiser.errors import SafeDenoiserError
 
 
@@ -40,6 +41,20 @@ def test_outputs_match_their_definitions():
     t = torch.tensor(0.3, dtype=torch.float64)
     x_flow = (1 - t) * x0 + t * eps
     torch.testing.assert_close(from_x0(x0, x_flow, 1 - t, t, "flow"), eps - x0)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_edm_output_reads_as_diffusers_edm_schedulers_read_it_and_round_trips(prediction):
+    from diffusers import EDMEulerScheduler
+
+    scheduler = EDMEulerScheduler(sigma_data=0.5, prediction_type=prediction)
+    gen = torch.Generator().manual_seed(2)
+    x_t, output = torch.randn(3, 4, 2, 2, generator=gen, dtype=torch.float64), torch.randn(3, 4, 2, 2, generator=gen,
+                                                                                            dtype=torch.float64)
+    sigma = torch.tensor([0.01, 1.0, 40.0], dtype=torch.float64)
+    x0 = edm_to_x0(output, x_t, sigma, 0.5, prediction)
+    torch.testing.assert_close(x0, scheduler.precondition_outputs(x_t, output, sigma[:, None, None, None]))
+    torch.testing.assert_close(edm_from_x0(x0, x_t, sigma, 0.5, prediction), output)
 
 
 def test_unknown_prediction_is_refused():

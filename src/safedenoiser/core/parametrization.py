@@ -62,6 +62,34 @@ def from_x0(x0: Tensor, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | floa
     raise SafeDenoiserError(f"unknown prediction type {prediction!r}; expected one of {PREDICTIONS}")
 
 
+def edm_to_x0(output: Tensor, x_t: Tensor, sigma: Tensor | float, sigma_data: float,
+              prediction: Prediction) -> Tensor:
+    """``D(x_t)`` from EDM's preconditioned output ``F`` (Karras et al. 2022; VE levels, ``alpha = 1``):
+
+        D = c_skip x_t + c_out F,   c_skip = sd^2 / (sigma^2 + sd^2),   c_out = +- sigma sd / sqrt(sigma^2 + sd^2)
+
+    with ``sd = sigma_data``, ``+`` for diffusers' EDM ``"epsilon"`` and ``-`` for its ``"v_prediction"``.
+    """
+    c_skip, c_out = _edm_coefficients(x_t, sigma, sigma_data, prediction)
+    return c_skip * x_t + c_out * output
+
+
+def edm_from_x0(x0: Tensor, x_t: Tensor, sigma: Tensor | float, sigma_data: float, prediction: Prediction) -> Tensor:
+    """Inverse of `edm_to_x0`: ``F = (D - c_skip x_t) / c_out``."""
+    c_skip, c_out = _edm_coefficients(x_t, sigma, sigma_data, prediction)
+    return (x0 - c_skip * x_t) / c_out
+
+
+def _edm_coefficients(x_t: Tensor, sigma: Tensor | float, sigma_data: float,
+                      prediction: Prediction) -> tuple[Tensor, Tensor]:
+    if prediction not in ("epsilon", "v_prediction"):
+        raise SafeDenoiserError(f"EDM preconditioning takes 'epsilon' or 'v_prediction', got {prediction!r}")
+    s = per_sample(sigma, x_t)
+    total = s * s + sigma_data * sigma_data
+    c_out = s * sigma_data / total.sqrt()
+    return sigma_data * sigma_data / total, c_out if prediction == "epsilon" else -c_out
+
+
 def vp_levels(alphas_cumprod: Tensor) -> tuple[Tensor, Tensor]:
     """VP (DDPM) noise levels from the cumulative product of alphas: ``(sqrt(a_bar), sqrt(1 - a_bar))``."""
     return alphas_cumprod.sqrt(), (1 - alphas_cumprod).sqrt()

@@ -27,7 +27,8 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
-from safedenoiser.core.parametrization import flow_levels, from_x0, to_x0, ve_levels, vp_levels
+from safedenoiser.core.parametrization import (edm_from_x0, edm_to_x0, flow_levels, from_x0, to_x0, ve_levels,
+                                               vp_levels)
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.integrations.encode import vae_fingerprint
 from safedenoiser.negation import NegationSet
@@ -38,8 +39,9 @@ VP_SIGMAS = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
              "UniPCMultistepScheduler", "DEISMultistepScheduler")  # own sigmas -> _sigma_to_alpha_sigma_t
 SIGMA_SPACE = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler",
                "HeunDiscreteScheduler")  # Heun: sigmas[step_index] is also its second evaluation's level
+EDM = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")  # sigma space, EDM-preconditioned model
 FLOW = ("FlowMatchEulerDiscreteScheduler",)
-SUPPORTED = VP_DISCRETE + VP_SIGMAS + SIGMA_SPACE + FLOW
+SUPPORTED = VP_DISCRETE + VP_SIGMAS + SIGMA_SPACE + EDM + FLOW
 # Step some steps from a copy of the sample they stored earlier, not the ``sample`` they are handed:
 # a re-noised sample (the paper rule) would be dropped there.
 OWN_SAMPLE = ("PNDMScheduler", "DPMSolverSinglestepScheduler", "HeunDiscreteScheduler")
@@ -57,8 +59,9 @@ def _is_one_of(scheduler, names: tuple[str, ...]) -> bool:
 
 
 def scheduler_kind(scheduler) -> str:
-    """``"vp"``, ``"vp_sigmas"``, ``"sigma"`` or ``"flow"`` (by class, subclasses included); refuses others."""
-    families = {"vp": VP_DISCRETE, "vp_sigmas": VP_SIGMAS, "sigma": SIGMA_SPACE, "flow": FLOW}
+    """``"vp"``, ``"vp_sigmas"``, ``"sigma"``, ``"edm"`` or ``"flow"`` (by class, subclasses included);
+    refuses others."""
+    families = {"vp": VP_DISCRETE, "vp_sigmas": VP_SIGMAS, "sigma": SIGMA_SPACE, "edm": EDM, "flow": FLOW}
     for kind, names in families.items():
         if _is_one_of(scheduler, names):
             return kind
@@ -87,7 +90,8 @@ def noise_level(scheduler, timestep) -> tuple[float, float, float]:
 
     ``sample = alpha x0 + sigma eps``. ``scale`` maps the sample into the coordinates the model's
     output is defined in (``scale * sample`` is the model input): 1, except for sigma-space
-    schedulers (Euler, LMS), whose model sees ``sample / sqrt(sigma^2 + 1)``.
+    schedulers (Euler, LMS), whose model sees ``sample / sqrt(sigma^2 + 1)``. EDM schedulers are
+    sigma space too; their model's output is read by `edm_to_x0` (``scale`` 1).
     """
     kind = scheduler_kind(scheduler)
     if kind == "vp":
@@ -102,6 +106,9 @@ def noise_level(scheduler, timestep) -> tuple[float, float, float]:
     if kind == "sigma":
         alpha, sigma = ve_levels(level)
         return float(alpha), float(sigma), float(1.0 / (sigma * sigma + 1.0).sqrt())
+    if kind == "edm":
+        alpha, sigma = ve_levels(level)
+        return float(alpha), float(sigma), 1.0
     alpha, sigma = flow_levels(level)
     return float(alpha), float(sigma), 1.0
 
@@ -171,10 +178,23 @@ def applies_guidance(pipe) -> bool:
     return bool(getattr(pipe, "do_classifier_free_guidance", False))  # AttributeError before a call: False
 
 
+def _output_conversions(scheduler) -> tuple[Callable[..., Tensor], Callable[..., Tensor]]:
+    """``(to_x0, from_x0)`` for ``scheduler``'s model output at a step: ``to_x0(output, model_x, alpha,
+    sigma)`` in the model's coordinates (``model_x = scale * sample``, levels scaled alike), `to_x0` and
+    `from_x0` of the scheduler's prediction type; EDM schedulers, `edm_to_x0` and its inverse."""
+    prediction = scheduler_prediction(scheduler)
+    if scheduler_kind(scheduler) == "edm":
+        sigma_data = float(scheduler.config.sigma_data)
+        return (lambda output, x, a, s: edm_to_x0(output, x, s, sigma_data, prediction),
+                lambda x0, x, a, s: edm_from_x0(x0, x, s, sigma_data, prediction))
+    return (lambda output, x, a, s: to_x0(output, x, a, s, prediction),
+            lambda x0, x, a, s: from_x0(x0, x, a, s, prediction))
+
+
 def _safe_step(safe, scheduler, original, pipe, guided: bool | None):
     """The replacement for ``scheduler.step``: correct the model output, then the original step."""
     signature = inspect.signature(original)
-    prediction = scheduler_prediction(scheduler)
+    output_to_x0, x0_to_output = _output_conversions(scheduler)
 
     def step(*args, **kwargs):
         bound = signature.bind(*args, **kwargs)
@@ -187,7 +207,7 @@ def _safe_step(safe, scheduler, original, pipe, guided: bool | None):
         dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32  # kernel math >= float32
         x = sample.to(dtype)
         model_x, model_a, model_s = scale * x, scale * alpha, scale * sigma
-        x0_hat = to_x0(output.to(dtype), model_x, model_a, model_s, prediction)
+        x0_hat = output_to_x0(output.to(dtype), model_x, model_a, model_s)
         guided_now = applies_guidance(pipe) if guided is None else guided
         corr = safe.correct(to_image(x), alpha, sigma, to_image(x0_hat), guided=guided_now)
         safe.trace[-1].timestep = float(timestep)
@@ -200,7 +220,7 @@ def _safe_step(safe, scheduler, original, pipe, guided: bool | None):
             renoised = alpha * x0_safe + sigma * noise
             bound.arguments["sample"] = torch.where(mask, renoised.to(sample.dtype), sample)
         else:
-            safe_output = from_x0(x0_safe, model_x, model_a, model_s, prediction).to(output.dtype)
+            safe_output = x0_to_output(x0_safe, model_x, model_a, model_s).to(output.dtype)
             output = torch.where(mask, safe_output, output)
             bound.arguments["model_output"] = output if variance is None else torch.cat([output, variance], 1)
         return original(*bound.args, **bound.kwargs)
