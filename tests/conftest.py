@@ -82,7 +82,6 @@ class MixtureEps(ModelMixin, ConfigMixin):
         out = out.reshape(sample.shape).to(sample.dtype)
         return UNet2DOutput(sample=out) if return_dict else (out,)
 
-
     def _edm_output(self, model_input: torch.Tensor, c_noise) -> torch.Tensor:
         sigma = torch.exp(4 * torch.as_tensor(c_noise, dtype=torch.float64)).reshape(-1, 1)
         sd2 = self.config.sigma_data ** 2

@@ -6,6 +6,7 @@ Mixture (2-D data shaped [2, 1, 1]): kept components at (-0.5, -0.3) and (0.5, -
 kept component at 50% +- 25% relative (their share under p_safe), and a far set must change
 nothing bit for bit. Every scheduler runs on the model's own noise schedule (``MIXTURE_SCHEDULE``): Heun's,
 LCM's and TCD's defaults are Stable Diffusion's, which would hand the model timesteps of another noise level.
+The EDM schedulers hand an EDM-preconditioned mixture model their own sigmas, which it reads from the timestep.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import torch
 from conftest import (NEGATED, ExactNegatedComponent, component_shares, exact_beta, mixture_model,
                       mixture_pipeline, mixture_samples, run_loop)
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EDMDPMSolverMultistepScheduler, EDMEulerScheduler,
-                       EulerDiscreteScheduler,
-                       FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, TCDScheduler,
-                       UniPCMultistepScheduler)
+                       EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler,
+                       TCDScheduler, UniPCMultistepScheduler)
 
 from safedenoiser import NegationSet, SafeDenoiser
 from safedenoiser.core.beta import ExactBeta

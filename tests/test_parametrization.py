@@ -49,8 +49,7 @@ def test_edm_output_reads_as_diffusers_edm_schedulers_read_it_and_round_trips(pr
 
     scheduler = EDMEulerScheduler(sigma_data=0.5, prediction_type=prediction)
     gen = torch.Generator().manual_seed(2)
-    x_t, output = torch.randn(3, 4, 2, 2, generator=gen, dtype=torch.float64), torch.randn(3, 4, 2, 2, generator=gen,
-                                                                                            dtype=torch.float64)
+    x_t, output = torch.randn(2, 3, 4, 2, 2, generator=gen, dtype=torch.float64)
     sigma = torch.tensor([0.01, 1.0, 40.0], dtype=torch.float64)
     x0 = edm_to_x0(output, x_t, sigma, 0.5, prediction)
     torch.testing.assert_close(x0, scheduler.precondition_outputs(x_t, output, sigma[:, None, None, None]))
