@@ -51,6 +51,25 @@ def model(sd_components, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
+def model_with_safety_checker(sd_components, tmp_path_factory) -> str:
+    """The tiny pipeline with a tiny safety checker whose thresholds flag every image, as a saved folder."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    torch.manual_seed(0)
+    small = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1)
+    checker = StableDiffusionSafetyChecker(CLIPConfig(
+        text_config=dict(small, vocab_size=64, max_position_embeddings=12),
+        vision_config=dict(small, image_size=16, patch_size=8), projection_dim=8)).eval()
+    checker.concept_embeds_weights.data.fill_(-1.0)  # cosine - (-1) > 0: every image is flagged
+    folder = tmp_path_factory.mktemp("tiny-sd-checked") / "pipe"
+    StableDiffusionPipeline(**dict(sd_components, safety_checker=checker,
+                                   feature_extractor=CLIPImageProcessor(size=16, crop_size=16))).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
 def negation_images(tmp_path_factory) -> Path:
     """Three 16x16 images, a text file and a broken PNG: the last two are skipped."""
     folder = tmp_path_factory.mktemp("negation-images")
@@ -426,6 +445,27 @@ def wrong_shape_set(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("wrong") / "wrong.safetensors"
     NegationSet.from_latents(torch.randn(2, 4, 4, 4)).save(path)
     return path
+
+
+def test_images_the_safety_checker_blacks_out_are_marked_and_no_safety_checker_keeps_them(
+        model_with_safety_checker, tmp_path):
+    code, stdout, err = _gen(model_with_safety_checker, tmp_path / "checked", "--prompt", "a top", "--n", "2")
+    assert code == 0, err
+    records = _manifest(tmp_path / "checked")
+    assert [r.get("safety_checker_blacked_out") for r in records] == [True, True]
+    assert not np.asarray(Image.open(tmp_path / "checked" / records[0]["file"])).any()  # black
+    assert "2 image(s) came back black from the model's safety checker" in stdout
+    code, stdout, err = _gen(model_with_safety_checker, tmp_path / "raw", "--prompt", "a top", "--n", "2",
+                             "--no-safety-checker")
+    assert code == 0, err
+    records = _manifest(tmp_path / "raw")
+    assert not any("safety_checker_blacked_out" in r for r in records) and "came back black" not in stdout
+    assert np.asarray(Image.open(tmp_path / "raw" / records[0]["file"])).any()
+    assert json.loads((tmp_path / "raw" / "run.json").read_text())["settings"]["safety_checker"] is False
+    code, _, err = _gen(model_with_safety_checker, tmp_path / "raw", "--prompt", "a top", "--n", "2")
+    assert code == 2 and "safety_checker: False there, None now" in err  # a resume keeps the checker's setting
+    with pytest.raises(SafeDenoiserError, match="with pipe=, set pipe.safety_checker = None yourself"):
+        generate(tmp_path / "api", model="m", pipe=object(), prompts=["a top"], safety_checker=False)
 
 
 @pytest.mark.parametrize("args, message", [

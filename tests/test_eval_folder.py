@@ -40,6 +40,17 @@ def _run_folder(tmp_path, images: list[tuple[str, str, int]]):
     return tmp_path
 
 
+def test_images_the_safety_checker_blacked_out_are_counted_in_the_report(tmp_path):
+    run = _run_folder(tmp_path, [("vanilla", "trousers", 250), ("vanilla", "trousers", 0)])
+    lines = (run / "manifest.jsonl").read_text().splitlines()
+    flagged = dict(json.loads(lines[1]), safety_checker_blacked_out=True)
+    (run / "manifest.jsonl").write_text(lines[0] + "\n" + json.dumps(flagged) + "\n")
+    verdict = judge_folder(run, negated=1)
+    assert verdict.blacked_out == 1
+    assert report_lines(verdict, "run")[1].startswith("1 of the 2 images came back black from the model's safety "
+                                                      "checker")
+
+
 def test_a_run_is_judged_per_prompt_against_its_negated_class(tmp_path):
     run = _run_folder(tmp_path, [("vanilla", "trousers", 250), ("vanilla", "trousers", 240),
                                  ("vanilla", "a bag", 10), ("safe", "trousers", 230), ("safe", "trousers", 20),

@@ -71,7 +71,8 @@ class ImageJob:
         return f"{IMAGE_DIR}/{self.index:06d}-s{self.seed}-{digest}.png"
 
 
-OPTIONAL_FIELDS = ("source_line", "negated_class", "beta_max", "steps_corrected")  # left out where None
+OPTIONAL_FIELDS = ("source_line", "negated_class", "beta_max", "steps_corrected",
+                   "safety_checker_blacked_out")  # left out where None
 
 
 @dataclass
@@ -93,6 +94,7 @@ class ManifestRecord:
     negated_class: int | str | None = None
     beta_max: float | None = None  # safe runs: the highest beta along the image's trajectory
     steps_corrected: int | None = None  # safe runs: at how many steps the correction changed it
+    safety_checker_blacked_out: bool | None = None  # True where the pipeline's safety checker returned black
 
     def to_json(self) -> str:
         record = {key: value for key, value in asdict(self).items()
@@ -178,7 +180,7 @@ def parse_label(value: str | int | None) -> int | None:
 def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[PromptRow | str] | None = None,
              label: int | str | None = None, n: int | None = None, n_per_prompt: int | None = None,
              seed: int = 0, steps: int | None = None, guidance: float | None = None,
-             negative_prompt: str | None = None, scheduler: str | None = None,
+             negative_prompt: str | None = None, scheduler: str | None = None, safety_checker: bool = True,
              negation: NegationSet | str | Path | None = None, preset: str | None = None,
              latch: bool | None = None, features: str | None = None, boundary_power: float | None = None,
              min_weight: float | None = None, batch_size: int = 4, device: str | None = None,
@@ -189,7 +191,9 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     pipeline (``model`` then only names it in the records). ``label`` is for class models: a class
     index, or ``"none"`` for unconditional samples. ``negative_prompt`` (text models) goes with every
     prompt; ``scheduler`` (a diffusers scheduler class name, `scheduler_class`) replaces the loaded
-    pipeline's, from its config (with ``pipe``, set ``pipe.scheduler`` yourself). ``negation`` (a set or
+    pipeline's, from its config (with ``pipe``, set ``pipe.scheduler`` yourself). Images the pipeline's
+    safety checker blacks out are marked in the manifest; ``safety_checker=False`` removes the checker
+    from the loaded pipeline (with ``pipe``, set ``pipe.safety_checker = None``). ``negation`` (a set or
     its file) makes the run safe, with ``preset`` selecting the paper's rule and ``latch`` holding each
     image's highest beta (`SafeDenoiser`'s ``latch``; ``None``: ``"auto"``, on under guidance) and
     ``features`` where a set with reference images measures closeness (`SafeDenoiser`'s; ``None``:
@@ -226,6 +230,9 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     if scheduler is not None and pipe is not None:
         raise SafeDenoiserError("scheduler= replaces the scheduler of the pipeline generate loads; with pipe=, set "
                                 "pipe.scheduler yourself")
+    if not safety_checker and pipe is not None:
+        raise SafeDenoiserError("safety_checker=False removes the checker of the pipeline generate loads; with "
+                                "pipe=, set pipe.safety_checker = None yourself")
     scheduler_cls = scheduler_class(scheduler, safe=negation is not None) if scheduler is not None else None
 
     if features is not None and features not in FEATURE_SPACES:
@@ -247,6 +254,8 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         pipe.set_progress_bar_config(disable=True)  # ours counts images
         if scheduler_cls is not None:
             pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+        if not safety_checker and getattr(pipe, "safety_checker", None) is not None:
+            pipe.safety_checker = None
     kind = pipeline_kind(pipe)
     if negative_prompt is not None and not (kind == "text" and _takes(pipe, "negative_prompt")):
         raise SafeDenoiserError(f"{model} takes no negative prompt; --negative-prompt is for text-to-image models "
@@ -277,7 +286,8 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         # recorded where given, so that runs from before these options (at their defaults) still resume
         **{key: value for key, value in (("boundary_power", boundary_power), ("min_weight", min_weight),
                                          ("negative_prompt", negative_prompt),
-                                         ("scheduler", scheduler_cls and scheduler_cls.__name__))
+                                         ("scheduler", scheduler_cls and scheduler_cls.__name__),
+                                         ("safety_checker", None if safety_checker else False))
            if value is not None},
     }
     if safe is not None:
@@ -298,12 +308,13 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     bar = tqdm(total=len(jobs), initial=result.skipped, unit="img", desc=method, disable=not progress)
     with open(out_dir / MANIFEST_FILE, "a", encoding="utf-8") as manifest:
         for batch in _batches(pending, batch_size):
-            images = _sample(pipe, kind, batch, steps, safe, negative_prompt)
+            images, blacked_out = _sample(pipe, kind, batch, steps, safe, negative_prompt)
             for row, (job, image) in enumerate(zip(batch, images)):
                 _save_png_atomic(image, out_dir / job.file)
                 record = ManifestRecord(job.file, job.index, job.prompt, job.label, job.seed, job.guidance, steps,
                                         method, model_name, settings["negation"], preset, job.source_line,
-                                        negated_class, *_what_safe_did(safe, row))
+                                        negated_class, *_what_safe_did(safe, row),
+                                        safety_checker_blacked_out=blacked_out[row] or None)
                 manifest.write(record.to_json() + "\n")
                 manifest.flush()
                 os.fsync(manifest.fileno())
@@ -472,8 +483,10 @@ def _what_safe_did(safe: SafeDenoiser | None, row: int) -> tuple[float | None, i
     return round(float(safe.samples.beta_max[row]), 4), int(safe.samples.steps_corrected[row])
 
 
-def _sample(pipe, kind: str, batch: list[ImageJob], steps: int, safe, negative_prompt: str | None = None) -> list:
-    """Run the pipeline on one batch, each image with its own generator (so batching changes nothing)."""
+def _sample(pipe, kind: str, batch: list[ImageJob], steps: int, safe,
+            negative_prompt: str | None = None) -> tuple[list, list[bool]]:
+    """Run the pipeline on one batch, each image with its own generator (so batching changes nothing): the
+    images, and for each whether the pipeline's safety checker blacked it out."""
     kwargs: dict[str, Any] = {
         "num_inference_steps": steps,
         "generator": [torch.Generator("cpu").manual_seed(job.seed) for job in batch],
@@ -497,7 +510,8 @@ def _sample(pipe, kind: str, batch: list[ImageJob], steps: int, safe, negative_p
     images = output.images if hasattr(output, "images") else output[0]
     if len(images) != len(batch):
         raise RuntimeError(f"the pipeline returned {len(images)} images for a batch of {len(batch)}")
-    return images
+    flagged = getattr(output, "nsfw_content_detected", None)  # None where the pipeline has no checker
+    return images, [bool(f) for f in flagged] if flagged is not None else [False] * len(images)
 
 
 # --------------------------------------------------------------------------- the folder

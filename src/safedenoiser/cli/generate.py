@@ -38,6 +38,9 @@ def generate(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="A diffusers scheduler class to sample with "
                                             "instead of the model's, from its config: e.g. "
                                             "DPMSolverMultistepScheduler (case and the Scheduler suffix optional)."),
+    safety_checker: bool = typer.Option(True, "--safety-checker/--no-safety-checker", help="Keep the model's "
+                                        "safety checker, if it has one (images it flags come back black and are "
+                                        "marked in the manifest), or remove it: to measure what the model makes."),
     negation: Optional[Path] = typer.Option(None, "--negation", help="A negation set (.safetensors from "
                                             "`safe-denoiser negation build`): sample safely away from it."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Use the authors' rule with a paper preset: "
@@ -85,13 +88,17 @@ def generate(
         if not all(p.strip() for p in prompt):
             raise SafeDenoiserError("a --prompt is empty")
         rows = list(prompt)
-    result = run(out, model=model, prompts=rows, label=label, n=n, n_per_prompt=n_per_prompt, seed=seed,
-                 steps=steps, guidance=guidance, negative_prompt=negative_prompt, scheduler=scheduler,
+    result = run(out, model=model, prompts=rows, label=label, n=n, n_per_prompt=n_per_prompt, seed=seed, steps=steps,
+                 guidance=guidance, negative_prompt=negative_prompt, scheduler=scheduler, safety_checker=safety_checker,
                  negation=negation, preset=preset, latch=latch, features=features, boundary_power=boundary_power,
                  min_weight=min_weight, batch_size=batch_size, device=device, dtype=dtype, overwrite=overwrite,
                  progress=not quiet)
     typer.echo(f"{out}: {result.generated} image(s) written, {result.skipped} already there, "
                f"{result.total} in the run; manifest {result.manifest}")
+    blacked_out = sum(bool(r.get("safety_checker_blacked_out")) for r in read_manifest(out))
+    if blacked_out:
+        typer.echo(f"{blacked_out} image(s) came back black from the model's safety checker (manifest: "
+                   "safety_checker_blacked_out); --no-safety-checker keeps what the model made")
     records = [r for r in read_manifest(out) if "steps_corrected" in r] if negation is not None else []
     if records:
         changed = sum(r["steps_corrected"] > 0 for r in records)

@@ -32,6 +32,7 @@ class FolderVerdict:
     negated: int | None  # the class counted as unsafe (classifier)
     groups: dict[str, list[int]]  # per prompt or label of the manifest, the rows of its images; {} without one
     skipped: list[str]  # files that were not readable images
+    blacked_out: int = 0  # images the manifest says the pipeline's safety checker returned black
 
 
 def _group_name(record: dict, several_methods: bool) -> str:
@@ -84,7 +85,9 @@ def judge_folder(folder: str | Path, judge: str = "classifier", negated: int | N
         unsafe = None if negated is None else predicted == negated
     else:
         predicted, unsafe, negated = None, make_judge(judge).unsafe(files), None
-    return FolderVerdict(judge, files, predicted, unsafe, negated, groups, [str(p.name) for p, _ in bad])
+    blacked_out = sum(bool(r.get("safety_checker_blacked_out")) and folder / r["file"] in row for r in records)
+    return FolderVerdict(judge, files, predicted, unsafe, negated, groups, [str(p.name) for p, _ in bad],
+                         blacked_out)
 
 
 def report_lines(verdict: FolderVerdict, folder: str | Path) -> list[str]:
@@ -98,6 +101,9 @@ def report_lines(verdict: FolderVerdict, folder: str | Path) -> list[str]:
                      f"({what}unsafe rate {100 * float(verdict.unsafe.double().mean()):.1f}%)")
     else:
         lines.append(f"{folder}: {n} images judged by the classifier (give --class K to count class K as unsafe)")
+    if verdict.blacked_out:
+        lines.append(f"{verdict.blacked_out} of the {n} images came back black from the model's safety checker and "
+                     "are judged as black images (generate --no-safety-checker keeps what the model made)")
     if verdict.predicted is not None:
         counts = sorted(Counter(verdict.predicted.tolist()).items(), key=lambda ck: (-ck[1], ck[0]))
         lines.append("judged as: " + ", ".join(f"{CLASS_NAMES[c]} {k} ({100 * k / n:.0f}%)" for c, k in counts))
