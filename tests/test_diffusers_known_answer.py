@@ -79,13 +79,15 @@ SAMPLERS = {
     "heun": lambda: (mixture_model(), HeunDiscreteScheduler(**MIXTURE_SCHEDULE)),
     "lcm": lambda: (mixture_model(), LCMScheduler(**MIXTURE_SCHEDULE)),
     "tcd": lambda: (mixture_model(), TCDScheduler(**MIXTURE_SCHEDULE)),
+    "dpm++-flow": lambda: (mixture_model("flow"), DPMSolverMultistepScheduler(  # Sana's
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=1.0)),
     "edm-euler": lambda: (mixture_model("edm-epsilon"), EDMEulerScheduler()),
     "edm-dpm++-v": lambda: (mixture_model("edm-v_prediction"), EDMDPMSolverMultistepScheduler(
         prediction_type="v_prediction")),
 }
 REQUIRED = ["DDIMPipeline", "DDPMPipeline", "euler", "dpm++"]
 PARAMETRISATIONS = ["euler-v", "ddim-v", "ddim-sample", "unipc-sample", "flow-euler"]
-MORE_SAMPLERS = ["heun", "lcm", "tcd", "edm-euler", "edm-dpm++-v"]  # second order, consistency, EDM-preconditioned
+MORE_SAMPLERS = ["heun", "lcm", "tcd", "dpm++-flow", "edm-euler", "edm-dpm++-v"]  # 2nd order, consistency, Sana, EDM
 
 
 def assert_safe_shares(shares: list[float], aim: float = NEGATED_MAX) -> None:
