@@ -1,6 +1,6 @@
 """Other pipeline families: pixel-space DDPM/DDIM, SD3 (flow matching, VAE with shift), FLUX (latents packed as
-tokens), SDXL (added conditions, Euler), SD img2img and inpainting, DiT (learned variance, class labels), and a
-user's own canonical loop; and `encode_images`."""
+tokens), SDXL (added conditions, Euler; EDM as Playground v2.5), SD img2img, inpainting and ControlNet, DiT
+(learned variance, class labels), and a user's own canonical loop; and `encode_images`."""
 
 from __future__ import annotations
 
@@ -283,6 +283,29 @@ def test_inpainting_unet_that_also_takes_the_mask_measures_in_the_latents(sd_com
     assert not any(r.in_features or r.latched for r in safe.trace)
     with pytest.raises(SafeDenoiserError, match="takes 9 input channels, the latents have 4"):
         with_safe(SafeDenoiser(near(go()), reference=reference, features="unet"), pipe, go)
+
+
+@pytest.mark.parametrize("guidance", [3.0, 1.0])
+def test_controlnet_pipeline(sd_components, guidance):
+    """ControlNet adds residuals inside the UNet call; the scheduler steps the same latents. Unguided, the
+    local estimator measures in the UNet's own features (the ControlNet's residuals left out)."""
+    torch.manual_seed(0)
+    controlnet = diffusers.ControlNetModel(block_out_channels=(8, 16), layers_per_block=1, in_channels=4,
+                                           down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                           cross_attention_dim=TEXT_DIM, norm_num_groups=4, attention_head_dim=4,
+                                           conditioning_embedding_out_channels=(4, 8)).eval()
+    pipe = diffusers.StableDiffusionControlNetPipeline(**dict(sd_components, scheduler=diffusers.DDIMScheduler(
+        **SD_SCHEDULER)), controlnet=controlnet, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(1)
+    kw = dict(prompt_embeds=torch.randn(2, MAX_TOKENS, TEXT_DIM, generator=g),
+              negative_prompt_embeds=torch.randn(2, MAX_TOKENS, TEXT_DIM, generator=g),
+              image=torch.rand(2, 3, 16, 16, generator=g), num_inference_steps=4, guidance_scale=guidance,
+              output_type="latent")
+    reference = torch.randn(12, 4, 8, 8, generator=torch.Generator().manual_seed(2)) - 5.0
+    safe = far_leaves_near_changes(pipe, lambda: pipe(**kw, generator=torch.Generator().manual_seed(0)).images,
+                                   reference)
+    assert all(r.latched == (guidance > 1) and r.in_features == (guidance == 1) for r in safe.trace)
 
 
 def test_dit_pipeline_far_set_is_bit_identical_and_sees_the_guided_batch():
