@@ -447,6 +447,15 @@ def wrong_shape_set(tmp_path_factory) -> Path:
     return path
 
 
+def test_a_negative_prompt_runs_where_a_prompt_row_carries_guidance_above_1(model, tmp_path):
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt,evaluation_guidance\na top,3\n")
+    code, _, err = _gen(model, tmp_path / "out", "--prompts", str(prompts), "--guidance", "1",
+                        "--negative-prompt", "a shoe")
+    assert code == 0, err
+    assert _manifest(tmp_path / "out")[0]["guidance"] == 3
+
+
 def test_images_the_safety_checker_blacks_out_are_marked_and_no_safety_checker_keeps_them(
         model_with_safety_checker, tmp_path):
     code, stdout, err = _gen(model_with_safety_checker, tmp_path / "checked", "--prompt", "a top", "--n", "2")
