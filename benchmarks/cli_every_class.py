@@ -109,6 +109,11 @@ def share(records: list[dict], group: str, cls: int | None = None) -> float:
     return sum(r["predicted"] == (r["target"] if cls is None else cls) for r in sel) / len(sel)
 
 
+def given_flags(values: dict[str, object]) -> tuple[str, ...]:
+    """The command-line flags whose value was given, each followed by its value."""
+    return tuple(part for flag, value in values.items() if value is not None for part in (flag, str(value)))
+
+
 def run_class(k: int, images: torch.Tensor, labels: torch.Tensor, reference: Path, reference_labels: torch.Tensor,
               work: Path, n_per_prompt: int, negation_size: int, negation_source: str, safe_flags: tuple[str, ...],
               sampling: tuple[str, ...], pipe) -> dict:
@@ -232,10 +237,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
                f"{args.negation_size} of the model's own vanilla images of the class name (seeds from "
                f"{MODEL_NEGATION_SEED})")
     pipe = load_pipeline(MODEL)  # decodes the sets' reference images for the copy check
-    given = {"--features": args.features, "--boundary-power": args.boundary_power, "--min-weight": args.min_weight}
-    safe_flags = tuple(part for flag, value in given.items() if value is not None for part in (flag, str(value)))
-    given = {"--scheduler": args.scheduler, "--steps": args.steps}
-    sampling = tuple(part for flag, value in given.items() if value is not None for part in (flag, str(value)))
+    safe_flags = given_flags({"--features": args.features, "--boundary-power": args.boundary_power,
+                              "--min-weight": args.min_weight})
+    sampling = given_flags({"--scheduler": args.scheduler, "--steps": args.steps})
     rows = {}
     for k in args.classes:
         t0 = time.time()

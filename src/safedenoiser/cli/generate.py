@@ -95,11 +95,12 @@ def generate(
                  progress=not quiet)
     typer.echo(f"{out}: {result.generated} image(s) written, {result.skipped} already there, "
                f"{result.total} in the run; manifest {result.manifest}")
-    blacked_out = sum(bool(r.get("safety_checker_blacked_out")) for r in read_manifest(out))
+    written = read_manifest(out)
+    blacked_out = sum(bool(r.get("safety_checker_blacked_out")) for r in written)
     if blacked_out:
         typer.echo(f"{blacked_out} image(s) came back black from the model's safety checker (manifest: "
                    "safety_checker_blacked_out); --no-safety-checker keeps what the model made")
-    records = [r for r in read_manifest(out) if "steps_corrected" in r] if negation is not None else []
+    records = [r for r in written if "steps_corrected" in r] if negation is not None else []
     if records:
         changed = sum(r["steps_corrected"] > 0 for r in records)
         likely = "" if preset is not None else (  # the paper rule's beta is a kernel mass, not a probability
