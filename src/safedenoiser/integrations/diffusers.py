@@ -43,8 +43,9 @@ EDM = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")  # sigma space, ED
 FLOW = ("FlowMatchEulerDiscreteScheduler",)
 SUPPORTED = VP_DISCRETE + VP_SIGMAS + SIGMA_SPACE + EDM + FLOW
 # Step some steps from a copy of the sample they stored earlier, not the ``sample`` they are handed:
-# a re-noised sample (the paper rule) would be dropped there.
-OWN_SAMPLE = ("PNDMScheduler", "DPMSolverSinglestepScheduler", "HeunDiscreteScheduler")
+# a re-noised sample (the paper rule) would be dropped there. UniPC's corrector rebuilds every sample
+# from the previous step's.
+OWN_SAMPLE = ("PNDMScheduler", "DPMSolverSinglestepScheduler", "HeunDiscreteScheduler", "UniPCMultistepScheduler")
 
 Layout = Callable[[Tensor], Tensor]  # a batch of samples in one layout -> the same in another
 
@@ -53,9 +54,15 @@ DIFFUSERS_PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v_prediction", "
                "original_sample": "sample", "flow_prediction": "flow"}
 
 
-def _is_one_of(scheduler, names: tuple[str, ...]) -> bool:
-    """Whether the scheduler's class, or a class it derives from, is named in ``names``."""
-    return any(cls.__name__ in names for cls in type(scheduler).__mro__)
+def _is_one_of(scheduler_cls: type, names: tuple[str, ...]) -> bool:
+    """Whether the scheduler class, or a class it derives from, is named in ``names``."""
+    return any(cls.__name__ in names for cls in scheduler_cls.__mro__)
+
+
+def drops_renoising(scheduler_cls: type) -> bool:
+    """Whether the scheduler class (or one it derives from) is in `OWN_SAMPLE`: it would drop the paper
+    rule's re-noised sample at some steps."""
+    return _is_one_of(scheduler_cls, OWN_SAMPLE)
 
 
 def scheduler_kind(scheduler) -> str:
@@ -63,7 +70,7 @@ def scheduler_kind(scheduler) -> str:
     refuses others."""
     families = {"vp": VP_DISCRETE, "vp_sigmas": VP_SIGMAS, "sigma": SIGMA_SPACE, "edm": EDM, "flow": FLOW}
     for kind, names in families.items():
-        if _is_one_of(scheduler, names):
+        if _is_one_of(type(scheduler), names):
             return kind
     raise SafeDenoiserError(
         f"attach() does not support the scheduler {type(scheduler).__name__}: it cannot tell the noise "
@@ -233,7 +240,7 @@ def _fresh_noise(sample: Tensor, timestep, acted: Tensor, dtype: torch.dtype) ->
     """The paper rule's fresh noise: for each acted image, a stream seeded by its own values and the timestep
     (zeros for the others). It draws from no generator of the user's nor torch's global one, so images
     that never act stay bit-identical to vanilla whatever their batch-mates do, and a run is reproducible
-    with any scheduler, including those whose ``step`` takes no generator (LMS, UniPC, DEIS)."""
+    with any scheduler, including those whose ``step`` takes no generator (LMS, DEIS)."""
     noise = torch.zeros(sample.shape, dtype=dtype)
     for i in acted.nonzero().flatten().tolist():
         key = sample[i].detach().float().cpu().numpy().tobytes() + repr(float(timestep)).encode()
@@ -263,11 +270,11 @@ def attach(safe, pipe, guided: bool | None = None) -> Iterator[object]:
     if not hasattr(scheduler, "step"):
         raise SafeDenoiserError(f"attach() needs a diffusers pipeline or scheduler, got {type(pipe).__name__}")
     scheduler_prediction(scheduler)  # refuses unknown schedulers and prediction types
-    if getattr(safe, "paper", None) is not None and _is_one_of(scheduler, OWN_SAMPLE):
+    if getattr(safe, "paper", None) is not None and drops_renoising(type(scheduler)):
         raise SafeDenoiserError(
             f"the paper rule re-noises the sample it hands {type(scheduler).__name__}, which takes some steps from "
             "a copy of the sample it stored earlier and would drop the correction there. Switch to another "
-            "scheduler, e.g. `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)`")
+            "scheduler, e.g. the authors' `pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)`")
     check_negation(safe, pipe)
     if hasattr(safe, "bind"):
         safe.bind(pipe)
