@@ -306,6 +306,28 @@ def test_a_preset_is_recorded_in_the_manifest_and_the_run(model, negation_file, 
     assert code == 2 and "preset: 'sd14-nudity' there, None now" in err
 
 
+def test_a_preset_samples_with_ddpm_where_the_models_scheduler_would_drop_its_renoising(model, negation_file,
+                                                                                          tmp_path):
+    """SD v1.4 ships PNDM, which steps some steps from a sample it stored: generate samples a preset with
+    DDPMScheduler (the authors'), says so, and records it; a vanilla run keeps the model's scheduler."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model)
+    pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)
+    pipe.save_pretrained(tmp_path / "pndm")
+    safe_args = ["--prompt", "a bag", "--n", "1", "--negation", str(negation_file), "--preset", "sd14-nudity"]
+    code, out, err = _gen(str(tmp_path / "pndm"), tmp_path / "safe", *safe_args)
+    assert code == 0, err
+    assert "sampled with DDPMScheduler, the authors' sampler: the model's PNDMScheduler would drop" in out
+    run = json.loads((tmp_path / "safe" / "run.json").read_text())
+    assert run["settings"]["scheduler"] == run["recorded"]["scheduler"] == "DDPMScheduler"
+    code, out, err = _gen(str(tmp_path / "pndm"), tmp_path / "safe", *safe_args, "--scheduler", "DDPMScheduler")
+    assert code == 0 and "0 image(s) written, 1 already there" in out, err  # the same run
+    code, _, err = _gen(str(tmp_path / "pndm"), tmp_path / "vanilla", "--prompt", "a bag", "--n", "1")
+    assert code == 0, err
+    assert json.loads((tmp_path / "vanilla" / "run.json").read_text())["recorded"]["scheduler"] == "PNDMScheduler"
+
+
 def test_csv_rows_bring_their_own_seed_and_guidance(model, tmp_path):
     csv = tmp_path / "unlearndiffatk.csv"
     csv.write_text("case_number,prompt,evaluation_seed,evaluation_guidance\n0,first,2734,6.0\n1,second,,\n")
@@ -516,6 +538,7 @@ def test_bad_input_exits_2_with_a_message(model, wrong_shape_set, negation_file,
     (["--preset", "sd14-nudity", "--features", "unet"], "features='unet' is for the local estimator"),
     (["--boundary-power", "8"], "--boundary-power weighs the reference images"),
     (["--scheduler", "KDPM2DiscreteScheduler"], "cannot tell the noise level of KDPM2DiscreteScheduler's samples"),
+    (["--preset", "sd14-nudity", "--scheduler", "UniPCMultistep"], "which UniPCMultistepScheduler would drop"),
 ])
 def test_flags_that_do_not_go_with_the_set_fail_before_the_model_loads(model, negation_file, tmp_path, monkeypatch,
                                                                        flags, message):

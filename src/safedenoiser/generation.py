@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import torch
 
 from safedenoiser.core.local import LocalPosterior
+from safedenoiser.core.presets import PAPER_SCHEDULER
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet
 from safedenoiser.prompts import PromptRow
@@ -110,6 +111,7 @@ class RunResult:
     total: int
     generated: int
     skipped: int
+    replaced_scheduler: str | None = None  # the model's, which would drop the paper rule's re-noising
 
     @property
     def manifest(self) -> Path:
@@ -188,19 +190,19 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     """Generate a run's images into ``out_dir`` (see the module docstring), resuming what is there.
 
     ``model`` is a bundled name, a local diffusers folder or a hub id; pass ``pipe`` to reuse a loaded
-    pipeline (``model`` then only names it in the records). ``label`` is for class models: a class
-    index, or ``"none"`` for unconditional samples. ``negative_prompt`` (text models) goes with every
-    prompt; ``scheduler`` (a diffusers scheduler class name, `scheduler_class`) replaces the loaded
-    pipeline's, from its config (with ``pipe``, set ``pipe.scheduler`` yourself). Images the pipeline's
-    safety checker blacks out are marked in the manifest; ``safety_checker=False`` removes the checker
-    from the loaded pipeline (with ``pipe``, set ``pipe.safety_checker = None``). ``negation`` (a set or
-    its file) makes the run safe, with ``preset`` selecting the paper's rule and ``latch`` holding each
-    image's highest beta (`SafeDenoiser`'s ``latch``; ``None``: ``"auto"``, on under guidance) and
-    ``features`` where a set with reference images measures closeness (`SafeDenoiser`'s; ``None``:
-    ``"auto"``), and ``boundary_power`` that set's `LocalPosterior` ``boundary_power`` and
-    ``min_weight`` `SafeDenoiser`'s (``None``: their defaults). Raises `SafeDenoiserError` for bad
-    input, a different run in ``out_dir`` (unless ``overwrite``) or a negation set that does not fit the
-    model.
+    pipeline (``model`` then only names it in the records). ``label`` is for class models: a class index, or
+    ``"none"`` for unconditional samples. ``negative_prompt`` (text models) goes with every prompt;
+    ``scheduler`` (a diffusers scheduler class name, `scheduler_class`) replaces the loaded pipeline's, from
+    its config (with ``pipe``, set ``pipe.scheduler`` yourself). Images the pipeline's safety checker blacks
+    out are marked in the manifest; ``safety_checker=False`` removes the checker from the loaded pipeline
+    (with ``pipe``, set ``pipe.safety_checker = None``). ``negation`` (a set or its file) makes the run safe,
+    with ``preset`` selecting the paper's rule (sampled with `PAPER_SCHEDULER` where the loaded scheduler
+    would drop its re-noising, ``RunResult.replaced_scheduler``) and ``latch`` holding each image's highest
+    beta (`SafeDenoiser`'s ``latch``; ``None``: ``"auto"``, on under guidance) and ``features`` where a set
+    with reference images measures closeness (`SafeDenoiser`'s; ``None``: ``"auto"``), and ``boundary_power``
+    that set's `LocalPosterior` ``boundary_power`` and ``min_weight`` `SafeDenoiser`'s (``None``: their
+    defaults). Raises `SafeDenoiserError` for bad input, a different run in ``out_dir`` (unless ``overwrite``)
+    or a negation set that does not fit the model.
     """
     out_dir = Path(out_dir)
     rows = None if prompts is None else [p if isinstance(p, PromptRow) else PromptRow(p, i + 1)
@@ -224,6 +226,7 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         raise SafeDenoiserError(f"{set_flags[0]} changes how a negation set is used; give --negation FILE too")
     latch = "auto" if latch is None else latch
     from safedenoiser.core.safe_denoiser import DEFAULT_MIN_WEIGHT, FEATURE_SPACES, SafeDenoiser
+    from safedenoiser.integrations.diffusers import drops_renoising
 
     if negative_prompt is not None and not negative_prompt.strip():
         raise SafeDenoiserError("--negative-prompt is empty")
@@ -245,13 +248,21 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         beta = "auto" if boundary_power is None else _local_estimator(neg, preset, boundary_power)
         safe = SafeDenoiser(neg, preset=preset, beta=beta, latch=latch, features=features,
                             min_weight=DEFAULT_MIN_WEIGHT if min_weight is None else min_weight)
+    paper_rule = safe is not None and safe.paper is not None
+    if paper_rule and scheduler_cls is not None and drops_renoising(scheduler_cls):
+        raise SafeDenoiserError(f"the paper rule (--preset) re-noises the sample, which {scheduler_cls.__name__} "
+                                f"would drop at some steps: give another --scheduler, e.g. {PAPER_SCHEDULER} (the "
+                                "authors' sampler)")
     device = resolve_device(device)
     if dtype not in DTYPES:
         raise SafeDenoiserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     model_name = model_id(model)
+    replaced = None
     if pipe is None:
         pipe = load_pipeline(model, device, DTYPES[dtype])
         pipe.set_progress_bar_config(disable=True)  # ours counts images
+        if paper_rule and scheduler_cls is None and drops_renoising(type(pipe.scheduler)):  # SD v1.4's PNDM
+            replaced, scheduler_cls = type(pipe.scheduler).__name__, scheduler_class(PAPER_SCHEDULER)
         if scheduler_cls is not None:
             pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
         if not safety_checker and getattr(pipe, "safety_checker", None) is not None:
@@ -295,7 +306,8 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     _prepare_dir(out_dir, settings, overwrite)
     done = _recover(out_dir)
     pending = [job for job in jobs if job.file not in done]
-    result = RunResult(out_dir, total=len(jobs), generated=0, skipped=len(jobs) - len(pending))
+    result = RunResult(out_dir, total=len(jobs), generated=0, skipped=len(jobs) - len(pending),
+                       replaced_scheduler=replaced)
     if not pending:
         return result
 

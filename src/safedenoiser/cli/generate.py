@@ -44,7 +44,9 @@ def generate(
     negation: Optional[Path] = typer.Option(None, "--negation", help="A negation set (.safetensors from "
                                             "`safe-denoiser negation build`): sample safely away from it."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Use the authors' rule with a paper preset: "
-                                         "sd14-nudity, sd14-copro, sd3-nudity, sd14-memorization."),
+                                         "sd14-nudity, sd14-copro, sd3-nudity, sd14-memorization. A model "
+                                         "whose scheduler would drop its re-noising (SD v1.4's PNDM) samples "
+                                         "with DDPMScheduler, the authors'."),
     latch: Optional[bool] = typer.Option(None, "--latch/--no-latch", help="Hold each image's highest beta along "
                                          "its trajectory and drop what guidance adds beyond the data to an image "
                                          "judged unsafe: stops concepts strong guidance redraws late, costs benign "
@@ -74,6 +76,7 @@ def generate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Generate images, vanilla or (with --negation) safe, into --out; re-running resumes."""
+    from safedenoiser.core.presets import PAPER_SCHEDULER
     from safedenoiser.generation import generate as run, read_manifest
     from safedenoiser.prompts import read_prompts
 
@@ -93,6 +96,9 @@ def generate(
                  negation=negation, preset=preset, latch=latch, features=features, boundary_power=boundary_power,
                  min_weight=min_weight, batch_size=batch_size, device=device, dtype=dtype, overwrite=overwrite,
                  progress=not quiet)
+    if result.replaced_scheduler is not None:
+        typer.echo(f"sampled with {PAPER_SCHEDULER}, the authors' sampler: the model's {result.replaced_scheduler} "
+                   "would drop the paper rule's re-noising at some steps (--scheduler picks another)")
     typer.echo(f"{out}: {result.generated} image(s) written, {result.skipped} already there, "
                f"{result.total} in the run; manifest {result.manifest}")
     written = read_manifest(out)

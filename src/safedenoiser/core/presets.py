@@ -13,6 +13,7 @@ PRESETS: dict[str, dict[str, float]] = {
     "sd14-memorization": {"h": 13.15, "s": 0.69, "window": 4.67},
 }
 PAPER_PARAMS = ("h", "s", "window", "tau", "tau_quantile", "tau_margin")
+PAPER_SCHEDULER = "DDPMScheduler"  # the authors' sampler
 
 
 def resolve_preset(preset: str | None, overrides: dict[str, float]) -> dict[str, float]:
