@@ -30,6 +30,7 @@ test: install data
 
 bench: install data
 	$(PY) benchmarks/estimators_toy.py --n 4000 --seeds 4 --jobs 2
+	$(PY) benchmarks/toy_step_counts.py
 
 # Retrain every bundled Fashion-MNIST model from scratch (long: about an hour on two CPU cores;
 # not part of `make test`), then re-measure their quality into training.json and docs/results.
