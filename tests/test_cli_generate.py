@@ -310,7 +310,7 @@ def test_a_preset_samples_with_ddpm_where_the_models_scheduler_would_drop_its_re
                                                                                           tmp_path):
     """SD v1.4 ships PNDM, which steps some steps from a sample it stored: generate samples a preset with
     DDPMScheduler (the authors'), says so, and records it; a vanilla run keeps the model's scheduler."""
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UniPCMultistepScheduler
 
     pipe = StableDiffusionPipeline.from_pretrained(model)
     pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)
@@ -326,6 +326,12 @@ def test_a_preset_samples_with_ddpm_where_the_models_scheduler_would_drop_its_re
     code, _, err = _gen(str(tmp_path / "pndm"), tmp_path / "vanilla", "--prompt", "a bag", "--n", "1")
     assert code == 0, err
     assert json.loads((tmp_path / "vanilla" / "run.json").read_text())["recorded"]["scheduler"] == "PNDMScheduler"
+    # a flow-matching UniPC (Wan's) has no DDPM counterpart: the run is refused, not sampled on another schedule
+    pipe.scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True)
+    pipe.save_pretrained(tmp_path / "unipc-flow")
+    code, _, err = _gen(str(tmp_path / "unipc-flow"), tmp_path / "flow", *safe_args)
+    assert code == 2 and "the paper rule re-noises the sample it hands UniPCMultistepScheduler" in err
+    assert "e.g. FlowMatchEulerDiscreteScheduler with the model's shift" in err
 
 
 def test_csv_rows_bring_their_own_seed_and_guidance(model, tmp_path):

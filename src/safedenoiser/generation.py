@@ -226,7 +226,7 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         raise SafeDenoiserError(f"{set_flags[0]} changes how a negation set is used; give --negation FILE too")
     latch = "auto" if latch is None else latch
     from safedenoiser.core.safe_denoiser import DEFAULT_MIN_WEIGHT, FEATURE_SPACES, SafeDenoiser
-    from safedenoiser.integrations.diffusers import drops_renoising
+    from safedenoiser.integrations.diffusers import drops_renoising, scheduler_prediction
 
     if negative_prompt is not None and not negative_prompt.strip():
         raise SafeDenoiserError("--negative-prompt is empty")
@@ -261,7 +261,8 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     if pipe is None:
         pipe = load_pipeline(model, device, DTYPES[dtype])
         pipe.set_progress_bar_config(disable=True)  # ours counts images
-        if paper_rule and scheduler_cls is None and drops_renoising(type(pipe.scheduler)):  # SD v1.4's PNDM
+        if (paper_rule and scheduler_cls is None and drops_renoising(type(pipe.scheduler))  # SD v1.4's PNDM
+                and scheduler_prediction(pipe.scheduler) != "flow"):  # DDPM has no flow schedule: attach refuses
             replaced, scheduler_cls = type(pipe.scheduler).__name__, scheduler_class(PAPER_SCHEDULER)
         if scheduler_cls is not None:
             pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)

@@ -271,10 +271,12 @@ def attach(safe, pipe, guided: bool | None = None) -> Iterator[object]:
         raise SafeDenoiserError(f"attach() needs a diffusers pipeline or scheduler, got {type(pipe).__name__}")
     scheduler_prediction(scheduler)  # refuses unknown schedulers and prediction types
     if getattr(safe, "paper", None) is not None and drops_renoising(type(scheduler)):
+        other = ("FlowMatchEulerDiscreteScheduler with the model's shift" if scheduler_prediction(scheduler) == "flow"
+                 else "the authors' `pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)`")
         raise SafeDenoiserError(
             f"the paper rule re-noises the sample it hands {type(scheduler).__name__}, which takes some steps from "
-            "a copy of the sample it stored earlier and would drop the correction there. Switch to another "
-            "scheduler, e.g. the authors' `pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)`")
+            f"a copy of the sample it stored earlier and would drop the correction there. Switch to another "
+            f"scheduler, e.g. {other}")
     check_negation(safe, pipe)
     if hasattr(safe, "bind"):
         safe.bind(pipe)
