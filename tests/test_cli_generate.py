@@ -224,12 +224,13 @@ def test_negation_build_stores_reference_images_for_the_local_estimator(model, r
     assert code == 2 and "features: 'auto' there, 'latent' now" in err
 
 
-@pytest.mark.parametrize("flag, value, read, setting", [
-    ("--boundary-power", "128", lambda safe: safe.beta.boundary_power, "boundary_power"),
-    ("--min-weight", "3", lambda safe: safe.min_weight, "min_weight"),
+@pytest.mark.parametrize("flag, value, read, setting, bounds", [
+    ("--boundary-power", "128", lambda safe: safe.beta.boundary_power, "boundary_power", ">= 0"),
+    ("--label-ratio", "0.5", lambda safe: safe.beta.label_ratio, "label_ratio", "> 0"),
+    ("--min-weight", "3", lambda safe: safe.min_weight, "min_weight", ">= 0"),
 ])
 def test_estimator_settings_reach_the_safe_denoiser_and_are_recorded(model, reference_set, tmp_path, monkeypatch,
-                                                                    flag, value, read, setting):
+                                                                    flag, value, read, setting, bounds):
     used = []
     original = SafeDenoiser.correct
 
@@ -247,7 +248,7 @@ def test_estimator_settings_reach_the_safe_denoiser_and_are_recorded(model, refe
     assert code == 2 and f"{setting}: {float(value)} there, None now" in err
     for bad in ("-1", "inf"):
         code, _, err = _gen(model, tmp_path / "bad", *args, flag, bad)
-        assert code == 2 and f"{setting} must be a finite number >= 0" in err
+        assert code == 2 and f"{setting} must be a finite number {bounds}" in err
     assert not (tmp_path / "bad" / MANIFEST_FILE).exists()
 
 
@@ -525,6 +526,7 @@ def test_images_the_safety_checker_blacks_out_are_marked_and_no_safety_checker_k
     (["--prompt", "a", "--features", "latent"], "--features latent changes how a negation set is used"),
     (["--prompt", "a", "--negation", "SET", "--features", "pixels"], "--features must be 'auto', 'unet' or 'latent'"),
     (["--prompt", "a", "--boundary-power", "8"], "--boundary-power changes how a negation set is used"),
+    (["--prompt", "a", "--label-ratio", "0.5"], "--label-ratio changes how a negation set is used"),
     (["--prompt", "a", "--min-weight", "3"], "--min-weight changes how a negation set is used"),
     (["--prompt", "a", "--scheduler", "Euler"], "unknown scheduler 'Euler': give a diffusers scheduler class"),
     (["--prompt", "a", "--negative-prompt", " "], "--negative-prompt is empty"),
@@ -543,6 +545,7 @@ def test_bad_input_exits_2_with_a_message(model, wrong_shape_set, negation_file,
     (["--latch"], "latch holds the local estimator's beta"),
     (["--preset", "sd14-nudity", "--features", "unet"], "features='unet' is for the local estimator"),
     (["--boundary-power", "8"], "--boundary-power weighs the reference images"),
+    (["--label-ratio", "0.5"], "--label-ratio labels the reference images"),
     (["--scheduler", "KDPM2DiscreteScheduler"], "cannot tell the noise level of KDPM2DiscreteScheduler's samples"),
     (["--preset", "sd14-nudity", "--scheduler", "UniPCMultistep"], "which UniPCMultistepScheduler would drop"),
 ])

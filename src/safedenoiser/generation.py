@@ -185,8 +185,9 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
              negative_prompt: str | None = None, scheduler: str | None = None, safety_checker: bool = True,
              negation: NegationSet | str | Path | None = None, preset: str | None = None,
              latch: bool | None = None, features: str | None = None, boundary_power: float | None = None,
-             min_weight: float | None = None, batch_size: int = 4, device: str | None = None,
-             dtype: str = "float32", overwrite: bool = False, progress: bool = True) -> RunResult:
+             label_ratio: float | None = None, min_weight: float | None = None, batch_size: int = 4,
+             device: str | None = None, dtype: str = "float32", overwrite: bool = False,
+             progress: bool = True) -> RunResult:
     """Generate a run's images into ``out_dir`` (see the module docstring), resuming what is there.
 
     ``model`` is a bundled name, a local diffusers folder or a hub id; pass ``pipe`` to reuse a loaded
@@ -200,7 +201,7 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     would drop its re-noising, ``RunResult.replaced_scheduler``) and ``latch`` holding each image's highest
     beta (`SafeDenoiser`'s ``latch``; ``None``: ``"auto"``, on under guidance) and ``features`` where a set
     with reference images measures closeness (`SafeDenoiser`'s; ``None``: ``"auto"``), and ``boundary_power``
-    that set's `LocalPosterior` ``boundary_power`` and ``min_weight`` `SafeDenoiser`'s (``None``: their
+    and ``label_ratio`` that set's `LocalPosterior` ones and ``min_weight`` `SafeDenoiser`'s (``None``: their
     defaults). Raises `SafeDenoiserError` for bad input, a different run in ``out_dir`` (unless ``overwrite``)
     or a negation set that does not fit the model.
     """
@@ -221,6 +222,7 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     set_flags = [flag for given, flag in ((latch is not None, "--latch" if latch else "--no-latch"),
                                           (features is not None, f"--features {features}"),
                                           (boundary_power is not None, "--boundary-power"),
+                                          (label_ratio is not None, "--label-ratio"),
                                           (min_weight is not None, "--min-weight")) if given]
     if set_flags and negation is None:
         raise SafeDenoiserError(f"{set_flags[0]} changes how a negation set is used; give --negation FILE too")
@@ -245,7 +247,8 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
     neg = NegationSet.load(negation) if isinstance(negation, (str, Path)) else negation
     safe = None  # built before the model loads, so that flags that do not go together fail at once
     if neg is not None:
-        beta = "auto" if boundary_power is None else _local_estimator(neg, preset, boundary_power)
+        beta = ("auto" if boundary_power is None and label_ratio is None
+                else _local_estimator(neg, preset, boundary_power, label_ratio))
         safe = SafeDenoiser(neg, preset=preset, beta=beta, latch=latch, features=features,
                             min_weight=DEFAULT_MIN_WEIGHT if min_weight is None else min_weight)
     paper_rule = safe is not None and safe.paper is not None
@@ -296,7 +299,8 @@ def generate(out_dir: str | Path, *, model: str, pipe=None, prompts: Sequence[Pr
         # safe runs record them: ones from before "auto" (keys absent) are not resumed with other settings
         **({"latch": latch, "features": features} if neg is not None else {}),
         # recorded where given, so that runs from before these options (at their defaults) still resume
-        **{key: value for key, value in (("boundary_power", boundary_power), ("min_weight", min_weight),
+        **{key: value for key, value in (("boundary_power", boundary_power), ("label_ratio", label_ratio),
+                                         ("min_weight", min_weight),
                                          ("negative_prompt", negative_prompt),
                                          ("scheduler", scheduler_cls and scheduler_cls.__name__),
                                          ("safety_checker", None if safety_checker else False))
@@ -455,12 +459,16 @@ def _check_negation_fits(safe, pipe) -> None:
         safe.negation.check_compatible((channels, side, side))
 
 
-def _local_estimator(neg: NegationSet, preset: str | None, boundary_power: float) -> LocalPosterior:
-    """The set's local estimator with another ``boundary_power``; refused where the run does not use it."""
+def _local_estimator(neg: NegationSet, preset: str | None, boundary_power: float | None,
+                     label_ratio: float | None) -> LocalPosterior:
+    """The set's local estimator with another ``boundary_power`` or ``label_ratio`` (``None``: the default);
+    refused where the run does not use it."""
     if preset is not None or neg.reference is None:
-        raise SafeDenoiserError("--boundary-power weighs the reference images of the local estimator: give a set "
-                                "built with --reference-images, without --preset (the paper rule has none)")
-    return LocalPosterior(neg, neg.reference, boundary_power=boundary_power)
+        flag = "--boundary-power weighs" if boundary_power is not None else "--label-ratio labels"
+        raise SafeDenoiserError(f"{flag} the reference images of the local estimator: give a set built with "
+                                "--reference-images, without --preset (the paper rule has none)")
+    given = {"boundary_power": boundary_power, "label_ratio": label_ratio}
+    return LocalPosterior(neg, neg.reference, **{key: value for key, value in given.items() if value is not None})
 
 
 def _negated_class(neg: NegationSet | None) -> int | str | None:

@@ -64,6 +64,11 @@ def generate(
                                                    "correction (a set built with --reference-images; default 2). "
                                                    "For a part of one kind of image as the concept (one cluster "
                                                    "of a class), about 128."),
+    label_ratio: Optional[float] = typer.Option(None, "--label-ratio", help="Count a reference image as the "
+                                                "concept where the set's density at it is at least this times the "
+                                                "reference's own (a set built with --reference-images; default 1). "
+                                                "A set of n concepts of about equal size: 1/n (each concept's "
+                                                "density is diluted n times)."),
     min_weight: Optional[float] = typer.Option(None, "--min-weight", help="Leave an image's estimate untouched "
                                                "while w = beta / (1 - beta) is at most this (with the latch: of its "
                                                "held beta). 3 acts once beta passes 0.75: fewer changes to benign "
@@ -94,8 +99,8 @@ def generate(
     result = run(out, model=model, prompts=rows, label=label, n=n, n_per_prompt=n_per_prompt, seed=seed, steps=steps,
                  guidance=guidance, negative_prompt=negative_prompt, scheduler=scheduler, safety_checker=safety_checker,
                  negation=negation, preset=preset, latch=latch, features=features, boundary_power=boundary_power,
-                 min_weight=min_weight, batch_size=batch_size, device=device, dtype=dtype, overwrite=overwrite,
-                 progress=not quiet)
+                 label_ratio=label_ratio, min_weight=min_weight, batch_size=batch_size, device=device, dtype=dtype,
+                 overwrite=overwrite, progress=not quiet)
     if result.replaced_scheduler is not None:
         typer.echo(f"sampled with {PAPER_SCHEDULER}, the authors' sampler: the model's {result.replaced_scheduler} "
                    "would drop the paper rule's re-noising at some steps (--scheduler picks another)")

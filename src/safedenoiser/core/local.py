@@ -114,6 +114,9 @@ class LocalPosterior:
         reference = reference_samples(negation, reference, "local")
         if min(width, mean_width) <= 0:
             raise SafeDenoiserError(f"kernel widths must be positive, got width={width}, mean_width={mean_width}")
+        if not (math.isfinite(label_ratio) and label_ratio > 0):
+            raise SafeDenoiserError(f"label_ratio must be a finite number > 0 (1: where the set's density reaches "
+                                    f"the reference's own), got {label_ratio}")
         if not (math.isfinite(boundary_power) and boundary_power >= 0):
             raise SafeDenoiserError(f"boundary_power must be a finite number >= 0 (0: every safe sample counts "
                                     f"fully), got {boundary_power}")
