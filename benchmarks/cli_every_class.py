@@ -109,6 +109,14 @@ def share(records: list[dict], group: str, cls: int | None = None) -> float:
     return sum(r["predicted"] == (r["target"] if cls is None else cls) for r in sel) / len(sel)
 
 
+def publish(lines: list[str], out: Path) -> None:
+    """Print the report's lines and write them to ``out``."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+
+
 def given_flags(values: dict[str, object]) -> tuple[str, ...]:
     """The command-line flags whose value was given, each followed by its value."""
     return tuple(part for flag, value in values.items() if value is not None for part in (flag, str(value)))
@@ -267,10 +275,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
              f"class's prompts' images judged as the class, the true class of the reference image each copies. "
              f"Target: vanilla direct >= 60%, safe <= 5% in all three groups, others within 5 points. "
              f"Wall time {time.time() - start:.0f} s on CPU.", "", *summary(rows), "", *table(rows)]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

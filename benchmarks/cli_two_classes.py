@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from cli_every_class import (MODEL, N_CLASS_IMAGES, N_REFERENCE, SAFE_RUNS, UNSAFE_GROUPS, cli, export_pngs,
-                             given_flags, judged_run)
+                             given_flags, judged_run, publish)
 from safedenoiser.core.local import LocalPosterior
 from safedenoiser.demo import reference_copy_check
 from safedenoiser.models import load_fashion_mnist, load_pipeline
@@ -164,10 +164,7 @@ def main() -> None:
              "that class's images alone (at 1); "
              "a prompt for the class that the latch holds ends as a copy of the nearest one labelled safe. "
              f"Wall time {time.time() - start:.0f} s on CPU.", "", *table(rows)]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":
