@@ -75,7 +75,8 @@ def run_pair(pair: tuple[int, int], images: torch.Tensor, labels: torch.Tensor, 
     prompts = pair_prompts(pair)
     prompt_file = work / name / "prompts.jsonl"
     prompt_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    copy_check = reference_copy_check(pipe, NegationSet.load(neg))
+    pair_set = NegationSet.load(neg)
+    copy_check = reference_copy_check(pipe, pair_set)
     alone = {}  # each class's own set, for its labelling
     for k in pair:
         own = work / name / f"set{k}.safetensors"
@@ -92,7 +93,7 @@ def run_pair(pair: tuple[int, int], images: torch.Tensor, labels: torch.Tensor, 
     row = {(m, k, g): judged_as(runs[m], g, k) for m in runs for k in pair for g in UNSAFE_GROUPS}
     row |= {(m, "others"): on_class(runs[m]) for m in runs}
     ratio = 1.0 if label_ratio is None else label_ratio
-    row |= {("labelled", k): f"{labelled_negated(NegationSet.load(neg), reference_labels, k, ratio)} ({alone[k]} "
+    row |= {("labelled", k): f"{labelled_negated(pair_set, reference_labels, k, ratio)} ({alone[k]} "
             "alone)" for k in pair}
     for m in SAFE_RUNS:
         row[(m, "holds")] = (all(row[("vanilla", k, "direct")] >= 0.6 and row[(m, k, g)] <= 0.05

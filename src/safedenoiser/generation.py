@@ -379,7 +379,7 @@ def scheduler_class(name: str, safe: bool = False) -> type:
     ``dpmsolvermultistep``); with ``safe``, only one `attach` supports."""
     import diffusers
 
-    from safedenoiser.integrations.diffusers import SUPPORTED
+    from safedenoiser.integrations.diffusers import SUPPORTED, is_one_of
 
     def key(text: str) -> str:
         return text.lower().removesuffix("scheduler")
@@ -389,7 +389,7 @@ def scheduler_class(name: str, safe: bool = False) -> type:
         raise SafeDenoiserError(f"unknown scheduler {name!r}: give a diffusers scheduler class, e.g. "
                                 f"DPMSolverMultistepScheduler; the safe denoiser runs with {', '.join(SUPPORTED)}")
     cls = getattr(diffusers, matches[0])
-    if safe and not any(base.__name__ in SUPPORTED for base in cls.__mro__):
+    if safe and not is_one_of(cls, SUPPORTED):
         raise SafeDenoiserError(f"the safe denoiser cannot tell the noise level of {cls.__name__}'s samples; use "
                                 f"one of {', '.join(SUPPORTED)}")
     return cls

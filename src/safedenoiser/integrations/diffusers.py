@@ -29,6 +29,7 @@ from torch import Tensor
 
 from safedenoiser.core.parametrization import (edm_from_x0, edm_to_x0, flow_levels, from_x0, to_x0, ve_levels,
                                                vp_levels)
+from safedenoiser.core.presets import PAPER_SCHEDULER
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.integrations.encode import vae_fingerprint
 from safedenoiser.negation import NegationSet
@@ -54,7 +55,7 @@ DIFFUSERS_PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v_prediction", "
                "original_sample": "sample", "flow_prediction": "flow"}
 
 
-def _is_one_of(scheduler_cls: type, names: tuple[str, ...]) -> bool:
+def is_one_of(scheduler_cls: type, names: tuple[str, ...]) -> bool:
     """Whether the scheduler class, or a class it derives from, is named in ``names``."""
     return any(cls.__name__ in names for cls in scheduler_cls.__mro__)
 
@@ -62,7 +63,7 @@ def _is_one_of(scheduler_cls: type, names: tuple[str, ...]) -> bool:
 def drops_renoising(scheduler_cls: type) -> bool:
     """Whether the scheduler class (or one it derives from) is in `OWN_SAMPLE`: it would drop the paper
     rule's re-noised sample at some steps."""
-    return _is_one_of(scheduler_cls, OWN_SAMPLE)
+    return is_one_of(scheduler_cls, OWN_SAMPLE)
 
 
 def scheduler_kind(scheduler) -> str:
@@ -70,7 +71,7 @@ def scheduler_kind(scheduler) -> str:
     refuses others."""
     families = {"vp": VP_DISCRETE, "vp_sigmas": VP_SIGMAS, "sigma": SIGMA_SPACE, "edm": EDM, "flow": FLOW}
     for kind, names in families.items():
-        if _is_one_of(type(scheduler), names):
+        if is_one_of(type(scheduler), names):
             return kind
     raise SafeDenoiserError(
         f"attach() does not support the scheduler {type(scheduler).__name__}: it cannot tell the noise "
@@ -272,7 +273,7 @@ def attach(safe, pipe, guided: bool | None = None) -> Iterator[object]:
     scheduler_prediction(scheduler)  # refuses unknown schedulers and prediction types
     if getattr(safe, "paper", None) is not None and drops_renoising(type(scheduler)):
         other = ("FlowMatchEulerDiscreteScheduler with the model's shift" if scheduler_prediction(scheduler) == "flow"
-                 else "the authors' `pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)`")
+                 else f"the authors' `pipe.scheduler = {PAPER_SCHEDULER}.from_config(pipe.scheduler.config)`")
         raise SafeDenoiserError(
             f"the paper rule re-noises the sample it hands {type(scheduler).__name__}, which takes some steps from "
             f"a copy of the sample it stored earlier and would drop the correction there. Switch to another "
