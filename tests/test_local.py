@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from safedenoiser import LocalPosterior, NegationSet, SafeDenoiser, SafeDenoiserError
+from safedenoiser.core.beta import label_reference
 from safedenoiser.core.local import DEFAULT_WIDTH
 from safedenoiser.core.safe_denoiser import held_safe_denoise, local_safe_denoise, safe_denoise
 
@@ -89,6 +90,23 @@ def test_sets_with_fewer_points_than_neighbours_label_with_all_the_others():
     beta, d_unsafe, d_safe = local(torch.cat([_cluster(2, 3.0, gen), _cluster(2, -3.0, gen)]))
     assert all(t.isfinite().all() for t in (beta, d_unsafe, d_safe))
     assert (beta[:2] > 0.9).all() and (beta[2:] < 0.01).all()  # a prior of 1/6 holds the first below 0.99
+
+
+def test_each_concept_of_a_union_labels_the_reference_as_its_own_set_would():
+    """Concepts of 200 and 10 examples in one set: without ``concepts`` the small one's density is diluted
+    21 times, so the reference samples of its kind count as safe; with them each concept labels as alone."""
+    gen = torch.Generator().manual_seed(5)
+    big, small = NegationSet.from_latents(_cluster(200, 3.0, gen)), NegationSet.from_latents(_cluster(10, 0.0, gen))
+    reference = torch.cat([_cluster(30, 3.0, gen), _cluster(30, 0.0, gen), _cluster(150, -3.0, gen)])
+    alone = [LocalPosterior(s, reference).negated_reference for s in (big, small)]
+    assert alone[0][:30].all() and alone[1][30:60].all() and not (alone[0] | alone[1])[60:].any()
+    union = NegationSet.union([big, small])
+    assert torch.equal(LocalPosterior(union, reference).negated_reference, alone[0] | alone[1])
+    diluted = LocalPosterior(NegationSet.from_latents(union.latents), reference).negated_reference
+    assert diluted[:30].all() and diluted[30:60].double().mean() < 0.5
+    # the toys' labelled estimator (its default label width 2) reads the concepts the same way
+    assert label_reference(union, reference, 2.0)[30:60].all()
+    assert not label_reference(NegationSet.from_latents(union.latents), reference, 2.0)[30:60].any()
 
 
 def test_beta_and_local_means_pick_the_right_side(sets):

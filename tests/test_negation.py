@@ -57,6 +57,48 @@ def test_loading_a_foreign_file_gives_a_clear_error(tmp_path):
         NegationSet.load(tmp_path)
 
 
+def test_a_union_numbers_each_sets_concepts_after_the_previous_ones_and_keeps_them_on_disk(tmp_path):
+    one = NegationSet.from_latents(torch.randn(3, 4, 2, 2), encoder="vae-a", image_size="16",
+                                   sources_sha256='["a", "b", "c"]')
+    two = NegationSet.union([NegationSet.from_latents(torch.randn(2, 4, 2, 2), encoder="vae-a",
+                                                      sources_sha256='["d", "e"]'),
+                             NegationSet.from_latents(torch.randn(1, 4, 2, 2), sources_sha256='["f"]')])
+    union = NegationSet.union([one, two], reference=torch.randn(5, 4, 2, 2))
+    assert union.concepts.tolist() == [0, 0, 0, 1, 1, 2] and union.concept_count == 3
+    assert torch.equal(union.latents, torch.cat([one.latents, two.latents]))
+    assert union.metadata == {"encoder": "vae-a", "sources_sha256": '["a", "b", "c", "d", "e", "f"]'}
+    assert union.reference.shape == (5, 4, 2, 2)
+    assert "sources_sha256" not in NegationSet.union([one, NegationSet.from_latents(torch.randn(1, 4, 2, 2))]).metadata
+    assert "6 samples of shape [4, 2, 2], 3 concepts, reference 5" in repr(union)
+    union.save(tmp_path / "set.safetensors")
+    back = NegationSet.load(tmp_path / "set.safetensors")
+    assert torch.equal(back.concepts, union.concepts) and back.fingerprint == union.fingerprint
+    # the same examples as one concept are another set: runs tell them apart
+    assert NegationSet(union.latents).fingerprint != union.fingerprint
+
+
+@pytest.mark.parametrize("sets, message", [
+    ([NegationSet.from_latents(torch.randn(2, 4))], "at least 2 negation sets"),
+    ([NegationSet.from_latents(torch.randn(2, 4)), NegationSet.from_latents(torch.randn(2, 5))], "different shapes"),
+    ([NegationSet.from_latents(torch.randn(2, 4), encoder="vae-a"),
+      NegationSet.from_latents(torch.randn(2, 4), encoder="vae-b")], "different VAEs"),
+])
+def test_a_union_refuses_sets_that_do_not_share_a_space(sets, message):
+    with pytest.raises(SafeDenoiserError, match=message):
+        NegationSet.union(sets)
+
+
+@pytest.mark.parametrize("concepts, message", [
+    (torch.tensor([0, 1]), "one integer per example"),
+    (torch.tensor([0.0, 1.0, 1.0]), "one integer per example"),
+    (torch.tensor([0, 2, 2]), "0..n-1"),
+    (torch.tensor([-1, 0, 0]), "0..n-1"),
+])
+def test_concepts_that_do_not_number_the_examples_are_refused(concepts, message):
+    with pytest.raises(SafeDenoiserError, match=message):
+        NegationSet(torch.randn(3, 4), concepts=concepts)
+
+
 def test_shape_and_encoder_mismatch_are_refused():
     neg = NegationSet.from_latents(torch.randn(3, 4, 8, 8), encoder="vae-a")
     with pytest.raises(SafeDenoiserError, match="shape"):

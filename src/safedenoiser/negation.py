@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -80,13 +80,16 @@ class NegationSet:
     `bandwidth` is the per-coordinate kernel width calibrated from the set itself. ``reference``
     (optional) holds ordinary samples in the same space: images of every kind, of the same sort as the set's
     (real ones for a set of real images, not the model's own samples: README, "Which reference images"),
-    against which `SafeDenoiser` estimates ``beta``.
+    against which `SafeDenoiser` estimates ``beta``. ``concepts`` (optional, [M] integers from 0) says which
+    concept each example shows, for a set of several (`union`); ``None`` is one concept. The local estimator
+    judges the reference against each concept on its own (`core.local.LocalPosterior`).
     """
 
     latents: Tensor
     metadata: dict[str, str] = field(default_factory=dict)
     bandwidth: float | None = None
     reference: Tensor | None = None
+    concepts: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.latents.ndim < 2 or self.latents.shape[0] == 0:
@@ -97,6 +100,8 @@ class NegationSet:
         if self.reference is not None:
             check_finite(self.reference, "the reference set")
             check_reference_shape(self.reference, self.sample_shape)
+        if self.concepts is not None:
+            self.concepts = _concept_indices(self.concepts, len(self))
         if self.bandwidth is None:
             self.bandwidth = calibrate_bandwidth(self.latents)
         self._cache: dict[tuple[torch.device, torch.dtype], FlatSet] = {}
@@ -122,6 +127,37 @@ class NegationSet:
         latents, metadata = encode_images(pipe, images, batch_size=batch_size, progress=progress)
         return cls(latents, metadata=metadata)
 
+    @classmethod
+    def union(cls, sets: Sequence["NegationSet"], reference: Tensor | None = None) -> "NegationSet":
+        """One set of several concepts: the sets' examples, each set's concepts numbered after the previous
+        set's (a set without ``concepts`` is one), with ``reference`` (the sets' own references are not
+        merged), the record they share and their sources' hashes in order. The sets must come from the same
+        encoder, which the union records; its bandwidth is calibrated anew."""
+        if len(sets) < 2:
+            raise SafeDenoiserError(f"a union takes at least 2 negation sets, got {len(sets)}")
+        shapes = {s.sample_shape for s in sets}
+        if len(shapes) > 1:
+            raise SafeDenoiserError(f"the sets hold samples of different shapes {sorted(shapes)}; encode every set "
+                                    "with the same model at the same image size")
+        encoders = {s.metadata.get("encoder") for s in sets} - {None}
+        if len(encoders) > 1:
+            raise SafeDenoiserError("the sets were encoded by different VAEs (fingerprints "
+                                    f"{', '.join(sorted(encoders))}); encode every set with the same model")
+        concepts, offset = [], 0
+        for s in sets:
+            own = s.concepts if s.concepts is not None else torch.zeros(len(s), dtype=torch.long)
+            concepts.append(own + offset)
+            offset += int(own.max()) + 1
+        common = {key: value for key, value in sets[0].metadata.items()  # the record all sets share
+                  if key != "sources_sha256" and all(s.metadata.get(key) == value for s in sets[1:])}
+        if encoders:
+            common["encoder"] = encoders.pop()
+        sources = [s.metadata.get("sources_sha256", "") for s in sets]
+        if all(source.startswith("[") for source in sources):  # each set's image hashes, in order
+            common["sources_sha256"] = json.dumps([digest for source in sources for digest in json.loads(source)])
+        return cls(torch.cat([s.latents for s in sets]), metadata=common, reference=reference,
+                   concepts=torch.cat(concepts))
+
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
         """Write the latents and metadata as safetensors (no pickles)."""
@@ -132,6 +168,8 @@ class NegationSet:
         tensors = {"latents": self.latents.float().contiguous().cpu()}
         if self.reference is not None:
             tensors["reference"] = self.reference.float().contiguous().cpu()
+        if self.concepts is not None:
+            tensors["concepts"] = self.concepts.contiguous().cpu()
         save_file(tensors, str(path), metadata=meta)
 
     @classmethod
@@ -155,7 +193,8 @@ class NegationSet:
         bandwidth = float(meta.pop("bandwidth")) if "bandwidth" in meta else None
         for key in ("format_version", "shape"):
             meta.pop(key, None)
-        return cls(latents, metadata=meta, bandwidth=bandwidth, reference=tensors.get("reference"))
+        return cls(latents, metadata=meta, bandwidth=bandwidth, reference=tensors.get("reference"),
+                   concepts=tensors.get("concepts"))
 
     # ----------------------------------------------------------------- properties
     def __len__(self) -> int:
@@ -163,8 +202,14 @@ class NegationSet:
 
     def __repr__(self) -> str:
         reference = "none" if self.reference is None else len(self.reference)
-        return (f"NegationSet({len(self)} samples of shape {list(self.sample_shape)}, reference {reference}, "
+        concepts = f"{self.concept_count} concepts, " if self.concept_count > 1 else ""
+        return (f"NegationSet({len(self)} samples of shape {list(self.sample_shape)}, {concepts}reference {reference}, "
                 f"bandwidth {self.bandwidth:.4g}, fingerprint {self.fingerprint})")
+
+    @property
+    def concept_count(self) -> int:
+        """How many concepts the set holds (1 without ``concepts``)."""
+        return 1 if self.concepts is None else int(self.concepts.max()) + 1
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -172,8 +217,12 @@ class NegationSet:
 
     @property
     def fingerprint(self) -> str:
-        """A short content hash, recorded in manifests to tell sets apart."""
-        return hashlib.sha256(self.latents.float().cpu().numpy().tobytes()).hexdigest()[:16]
+        """A short content hash (of the examples, and of which concept each shows where the set has several),
+        recorded in manifests to tell sets apart."""
+        digest = hashlib.sha256(self.latents.float().cpu().numpy().tobytes())
+        if self.concept_count > 1:
+            digest.update(self.concepts.numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def flat(self, device: torch.device, dtype: torch.dtype) -> FlatSet:
         """The set as matrices on ``device`` (`FlatSet`: ``Y``, ``Y^T``, norms), cached per device and dtype."""
@@ -243,6 +292,19 @@ class NegationSet:
         """Per-row scale 1 and bandwidth ``2 h^2`` of the clean kernel, for the rows of ``x``."""
         one = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
         return one, one * (2 * self.bandwidth ** 2)
+
+
+def _concept_indices(concepts: Tensor, size: int) -> Tensor:
+    """``concepts`` as [M] int64 indices, refused unless one integer >= 0 per example and none skipped."""
+    concepts = torch.as_tensor(concepts)
+    if concepts.shape != (size,) or concepts.is_floating_point() or concepts.is_complex():
+        raise SafeDenoiserError(f"concepts must be one integer per example ([{size}]), got a {concepts.dtype} tensor "
+                                f"of shape {tuple(concepts.shape)}")
+    concepts = concepts.long().cpu()
+    if (concepts < 0).any() or len(concepts.unique()) != int(concepts.max()) + 1:
+        raise SafeDenoiserError(f"concepts must number the concepts 0..n-1, each with at least one example, got "
+                                f"{sorted(concepts.unique().tolist())}")
+    return concepts
 
 
 def noise_levels(x: Tensor, alpha: Tensor, sigma: Tensor, smoothing: float) -> tuple[Tensor, Tensor, Tensor]:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from safedenoiser.core.bandwidth import MAX_PAIRWISE_POINTS, calibration_points, distances_to_others
-from safedenoiser.core.kernels import gaussian_log_density, kernel_logits, leave_one_out_log_ratio
+from safedenoiser.core.kernels import concept_log_ratios, gaussian_log_density, kernel_logits
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet, UnsafePosterior, noise_levels, reference_samples
 
@@ -99,10 +99,12 @@ def label_reference(negation: NegationSet, reference: Tensor, width: float, bloc
 
         (1/M) sum_n k(r_k, y_n)  >=  (1/(K-1)) sum_{j != k} k(r_k, r_j),    k = Gaussian of width ``width x h``,
 
-    ``h`` the set's bandwidth (`leave_one_out_log_ratio`, ``block`` reference rows at a time)."""
+    ``h`` the set's bandwidth (`leave_one_out_log_ratio`, ``block`` reference rows at a time; for a set of
+    several concepts, any one concept's density, `concept_log_ratios`)."""
     h = width * negation.bandwidth
     y = negation.latents.reshape(len(negation), -1).to(reference.device, torch.float64)
-    return leave_one_out_log_ratio(reference.double(), y, lambda sq: -sq / (2 * h * h), block) >= 0
+    log_ratios = concept_log_ratios(reference.double(), y, negation.concepts, lambda sq: -sq / (2 * h * h), block)
+    return log_ratios.amax(0) >= 0
 
 
 def label_space(negation: NegationSet, reference: Tensor,
@@ -111,7 +113,7 @@ def label_space(negation: NegationSet, reference: Tensor,
     are, or mapped by ``features`` (the set then with a bandwidth calibrated in the features)."""
     if features is None:
         return negation, reference.reshape(len(reference), -1)
-    return (NegationSet(features(negation.latents).reshape(len(negation), -1).float()),
+    return (NegationSet(features(negation.latents).reshape(len(negation), -1).float(), concepts=negation.concepts),
             features(reference).reshape(len(reference), -1))
 
 

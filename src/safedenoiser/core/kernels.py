@@ -140,3 +140,16 @@ def leave_one_out_log_ratio(reference: Tensor, unsafe: Tensor, logits: Callable[
         log_r = torch.logsumexp(log_k[:, m:], 1) - math.log(len(reference) - 1)
         ratios.append(log_u - log_r)
     return torch.cat(ratios)
+
+
+def concept_log_ratios(reference: Tensor, unsafe: Tensor, concepts: Tensor | None, logits: Callable[[Tensor], Tensor],
+                       block: int = 1024) -> Tensor:
+    """[C, K]: `leave_one_out_log_ratio` of each concept's rows of ``unsafe`` (``concepts`` [M], indices 0..C-1
+    as `NegationSet.concepts`; ``None``: all rows one concept), ``log p_c(r_k) - log p_ref(r_k)``. Each concept
+    is compared as a set of its own, normalised by its own size: in one density of all rows a concept with
+    few examples would be diluted by the others' (benchmarks/cli_two_classes.py)."""
+    if concepts is None:
+        return leave_one_out_log_ratio(reference, unsafe, logits, block)[None]
+    concepts = concepts.to(unsafe.device)
+    return torch.stack([leave_one_out_log_ratio(reference, unsafe[concepts == c], logits, block)
+                        for c in range(int(concepts.max()) + 1)])

@@ -48,8 +48,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from safedenoiser.core.kernels import (FlatSet, laid_out, leave_one_out_log_ratio, softmax_weights,
-                                      squared_distances, weighted_mean)
+from safedenoiser.core.kernels import (FlatSet, concept_log_ratios, laid_out, softmax_weights, squared_distances,
+                                      weighted_mean)
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet, reference_samples
 
@@ -83,7 +83,8 @@ class LocalPosterior:
 
     Reference samples count as negated (``negated_reference``) when the negation set's
     (size-normalised) kernel density at them is at least ``label_ratio`` times the reference set's
-    own (leave-one-out); the rest are the safe samples, and the negated share is the prior ``b``
+    own (leave-one-out; for a set of several concepts, any one concept's density, normalised by its own
+    size); the rest are the safe samples, and the negated share is the prior ``b``
     (benchmarks/local_confusion.py: which images of each class this labels and judges negated).
     The default 1 also counts the negated concept's periphery, which guided sampling needs; a larger
     one lets more of the concept through (benchmarks/model_estimators.py ``--label-ratios``). The labels'
@@ -130,9 +131,10 @@ class LocalPosterior:
         y = negation.latents.reshape(len(negation), -1).double()
         r = reference.reshape(len(reference), -1).double().to(y.device)  # the set's device: one place for both
         y_key, r_key = (y, r) if features is None else (self._phi(y).double(), self._phi(r).double())
-        ratio = self.reference_ratio(r_key, y_key)
+        ratios = self.reference_ratios(r_key, y_key, negation.concepts)  # [C, K]
         if features is not None:  # either space may see the concept where the other does not
-            ratio = torch.maximum(ratio, self.reference_ratio(r, y))
+            ratios = torch.maximum(ratios, self.reference_ratios(r, y, negation.concepts))
+        ratio = ratios.amax(0)  # negated: in any one concept's region
         negated = ratio >= self.label_ratio
         self.negated_reference = negated  # [K] bool: the reference samples counted as negated
         if negated.all():
@@ -163,14 +165,16 @@ class LocalPosterior:
     def safe(self) -> Tensor:
         return self.points[self.split:]
 
-    def reference_ratio(self, reference: Tensor, unsafe: Tensor, block: int = 1024) -> Tensor:
-        """``p_unsafe(r) / p_ref(r)`` at each reference sample, both size-normalised adaptive kernel
-        densities (each sample left out of the reference density at itself); ``block`` rows at a time."""
+    def reference_ratios(self, reference: Tensor, unsafe: Tensor, concepts: Tensor | None = None,
+                         block: int = 1024) -> Tensor:
+        """[C, K]: ``p_c(r) / p_ref(r)`` at each reference sample for each of the set's ``concepts`` (one row
+        without), size-normalised adaptive kernel densities (each sample left out of the reference density
+        at itself; `concept_log_ratios`); ``block`` rows at a time."""
         def logits(sq: Tensor) -> Tensor:  # each row's own entry is +inf: at most the others are neighbours
             neighbours = min(self.label_neighbours, sq.shape[1] - 1)
             return _adaptive_logits(sq, _neighbour_sq(sq, neighbours), self.width)
 
-        return leave_one_out_log_ratio(reference, unsafe, logits, block).exp()
+        return concept_log_ratios(reference, unsafe, concepts, logits, block).exp()
 
     def __call__(self, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(beta [B], D_unsafe [B, D], D_safe [B, D])`` for flat estimates ``d`` [B, D]."""
