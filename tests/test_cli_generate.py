@@ -224,6 +224,28 @@ def test_negation_build_stores_reference_images_for_the_local_estimator(model, r
     assert code == 2 and "features: 'auto' there, 'latent' now" in err
 
 
+def test_negation_build_takes_a_folder_per_concept(model, negation_images, reference_images, tmp_path):
+    second = tmp_path / "second"
+    second.mkdir()
+    for i in range(2):
+        Image.new("RGB", (16, 16), (255, 30 * i, 0)).save(second / f"red{i}.png")
+    out = tmp_path / "set.safetensors"
+    base = ["negation", "build", "--model", model, "--out", str(out), "-q"]
+    code, stdout, err = _run([*base, "--images", str(negation_images), "--images", str(second),
+                              "--reference-images", str(reference_images)])
+    assert code == 0, err
+    assert "5 image(s) in 2 concepts (3, 2)" in stdout
+    neg = NegationSet.load(out)
+    assert neg.concepts.tolist() == [0, 0, 0, 1, 1] and neg.reference.shape == (6, 4, 8, 8)
+    assert json.loads(neg.metadata["source_dir"]) == [str(negation_images.resolve()), str(second.resolve())]
+    code, stdout, err = _run(["negation", "inspect", str(out)])
+    assert code == 0 and "5 image(s) in 2 concepts (3, 2)" in stdout, err
+    for extra, message in (([str(second)], "is given twice"), ([str(tmp_path)], f"--images {tmp_path} holds"),
+                           ([str(negation_images), "--class-label", "3"], "names the class of one --images")):
+        code, _, err = _run([*base, "--overwrite", "--images", str(second), "--images", *extra])
+        assert code == 2 and message in err, err
+
+
 @pytest.mark.parametrize("flag, value, read, setting, bounds", [
     ("--boundary-power", "128", lambda safe: safe.beta.boundary_power, "boundary_power", ">= 0"),
     ("--label-ratio", "0.5", lambda safe: safe.beta.label_ratio, "label_ratio", "> 0"),

@@ -76,10 +76,13 @@ def _class_count(model: str, pipe) -> int | None:
 def build(
     model: str = typer.Option(..., "--model", help="The model whose VAE encodes the images: a bundled name, a "
                               "local diffusers folder, or a hub id."),
-    images: Path = typer.Option(..., "--images", help="A folder of images (searched recursively)."),
+    images: list[Path] = typer.Option(..., "--images", help="A folder of images (searched recursively). Give it "
+                                      "once per concept for a set of several (e.g. --images nudity/ --images "
+                                      "person/): each is then judged on its own, not diluted by the others."),
     out: Path = typer.Option(..., "--out", help="The negation set to write (.safetensors)."),
     class_label: Optional[int] = typer.Option(None, "--class-label", help="The class all images belong to "
-                                              "(bundled class models): recorded as negated_class."),
+                                              "(bundled class models; one --images folder): recorded as "
+                                              "negated_class."),
     reference_images: Optional[Path] = typer.Option(None, "--reference-images", help="A folder of ordinary images "
                                                     "of every kind, of the same sort as --images (real ones for real "
                                                     "--images, not the model's own outputs: README, 'Which "
@@ -93,7 +96,8 @@ def build(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Encode a folder of images into a negation set; files that are not images are listed and skipped."""
+    """Encode a folder of images (or one per concept) into a negation set; files that are not images are listed
+    and skipped."""
     import torch
 
     from safedenoiser.generation import load_pipeline, model_id, resolve_device
@@ -104,12 +108,17 @@ def build(
     refuse_replacing_file(out, (".safetensors",), overwrite)
     if batch_size < 1:
         raise SafeDenoiserError(f"--batch-size must be at least 1 (got {batch_size})")
-    good, bad = scan_images(images, progress=not quiet)
+    _check_separate(images)
+    if class_label is not None and len(images) > 1:
+        raise SafeDenoiserError(f"--class-label names the class of one --images folder, and {len(images)} are "
+                                "given; build a set per class to record it")
+    scans = [scan_images(folder, progress=not quiet) for folder in images]
+    good, bad = [path for found, _ in scans for path in found], [skip for _, skipped in scans for skip in skipped]
     ref_good = (scan_images(reference_images, "--reference-images", progress=not quiet)[0]
                 if reference_images is not None else None)
-    folder_class = recorded_class(images)
+    folder_class = recorded_class(images[0]) if len(images) == 1 else None
     if class_label is not None and folder_class is not None and class_label != folder_class:
-        raise SafeDenoiserError(f"--class-label {class_label} contradicts {images / CLASS_FILE} "
+        raise SafeDenoiserError(f"--class-label {class_label} contradicts {images[0] / CLASS_FILE} "
                                 f"(class {folder_class})")
     negated_class = class_label if class_label is not None else folder_class
     if negated_class is not None and negated_class < 0:
@@ -119,19 +128,23 @@ def build(
     classes = _class_count(model, pipe)
     if negated_class is not None and classes is not None and negated_class >= classes:
         raise SafeDenoiserError(f"--class-label {negated_class} is not a class of {model}; use 0..{classes - 1}")
-    neg = NegationSet.from_images(pipe, good, batch_size=batch_size, progress=not quiet)
+    concepts = [NegationSet.from_images(pipe, found, batch_size=batch_size, progress=not quiet)
+                for found, _ in scans]
+    neg = concepts[0] if len(concepts) == 1 else NegationSet.union(concepts)
     if ref_good is not None:
         neg.reference = NegationSet.from_images(pipe, ref_good, batch_size=batch_size, progress=not quiet).latents
         neg.metadata["n_reference_images"] = str(len(ref_good))
-    neg.metadata.update(model=model_id(model), source_dir=str(images.resolve()), n_images=str(len(good)))
+    folders = [str(folder.resolve()) for folder in images]
+    neg.metadata.update(model=model_id(model), n_images=str(len(good)),
+                        source_dir=folders[0] if len(folders) == 1 else json.dumps(folders))
     if negated_class is not None:
         neg.metadata["negated_class"] = str(negated_class)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     neg.save(tmp)
     os.replace(tmp, out)
-    typer.echo(f"{out}: {len(neg)} image(s), latents {tuple(neg.sample_shape)}, fingerprint {neg.fingerprint}"
-               + (f", negated_class {negated_class}" if negated_class is not None else "")
+    typer.echo(f"{out}: {len(neg)} image(s){_concepts(neg)}, latents {tuple(neg.sample_shape)}, fingerprint "
+               f"{neg.fingerprint}" + (f", negated_class {negated_class}" if negated_class is not None else "")
                + (f"; {len(bad)} file(s) skipped" if bad else ""))
 
 
@@ -141,10 +154,29 @@ def inspect(path: Path = typer.Argument(..., help="A negation set (.safetensors 
     from safedenoiser.negation import NegationSet
 
     neg = NegationSet.load(path)
-    typer.echo(f"{path}: {len(neg)} image(s), latents {tuple(neg.sample_shape)}, fingerprint {neg.fingerprint}\n"
+    typer.echo(f"{path}: {len(neg)} image(s){_concepts(neg)}, latents {tuple(neg.sample_shape)}, fingerprint "
+               f"{neg.fingerprint}\n"
                f"  reference: {_reference_summary(neg)}\n  bandwidth: {neg.bandwidth:.4g}")
     for key, value in sorted(neg.metadata.items()):
         typer.echo(f"  {key}: {_shown(value)}")
+
+
+def _check_separate(folders: list[Path]) -> None:
+    """Refuse --images folders given twice or one inside another (their images would count twice)."""
+    resolved = [folder.resolve() for folder in folders]
+    for i, a in enumerate(resolved):
+        for j, b in enumerate(resolved):
+            if i != j and (a == b or b in a.parents):
+                raise SafeDenoiserError(f"--images {folders[j]} holds --images {folders[i]}" if a != b else
+                                        f"--images {folders[i]} is given twice; give each concept's folder once")
+
+
+def _concepts(neg: NegationSet) -> str:
+    """`` in 3 concepts (200, 50, 20)`` for a set of several, else nothing."""
+    if neg.concept_count == 1:
+        return ""
+    sizes = neg.concepts.bincount().tolist()
+    return f" in {neg.concept_count} concepts ({', '.join(map(str, sizes))})"
 
 
 def _shown(value: str, at_most: int = 3) -> str:
