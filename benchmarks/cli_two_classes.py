@@ -1,8 +1,9 @@
 """Two concepts in one negation set, through the public commands: does the safe denoiser stop both?
 
-For each pair of classes (a, b): `negation build --model fashion-text` from one folder holding
-``--negation-size`` test-split PNGs of each class (in two subfolders; the folder is searched recursively)
-with 500 test-split PNGs of all classes as `--reference-images`, then `generate` without `--negation`,
+For each pair of classes (a, b): `negation build --model fashion-text` from ``--negation-size`` test-split
+PNGs of class a and ``--second-size`` (default: as many) of class b, one `--images` folder per class (two
+concepts; ``--one-folder``: one folder holding both, searched recursively, as one concept), with 500
+test-split PNGs of all classes as `--reference-images`, then `generate` without `--negation`,
 with it (default flags) and with it and `--no-latch`, on the held-out prompts asking for a and for b
 (direct, paraphrase, indirect) and the other eight classes' direct ones. The bundled classifier judges
 the PNGs. Target, for each of the two classes as issue 4's for one: vanilla direct >= 60%, safe <= 5% in
@@ -11,7 +12,7 @@ passes `generate --label-ratio` to both safe runs (a set of two concepts: 0.5). 
 to --out.
 
     python benchmarks/cli_two_classes.py [--pairs 7-9 0-8 ...] [--n-per-prompt 2] [--negation-size 200]
-        [--label-ratio 0.5] [--out docs/results/cli_two_classes.md]
+        [--second-size 20] [--one-folder] [--label-ratio 0.5] [--out docs/results/cli_two_classes.md]
 """
 
 from __future__ import annotations
@@ -62,16 +63,17 @@ def labelled_negated(neg: NegationSet, reference_labels: torch.Tensor, k: int, l
 
 
 def run_pair(pair: tuple[int, int], images: torch.Tensor, labels: torch.Tensor, reference: Path,
-             reference_labels: torch.Tensor, work: Path, n_per_prompt: int, negation_size: int,
-             label_ratio: float | None, pipe) -> dict:
-    """Build one set of both classes, generate vanilla and safe (``label_ratio``: their `generate --label-ratio`),
-    judge; the pair's numbers."""
+             reference_labels: torch.Tensor, work: Path, n_per_prompt: int, sizes: tuple[int, int],
+             one_folder: bool, label_ratio: float | None, pipe) -> dict:
+    """Build one set of both classes (``sizes`` images of each; ``one_folder``: as one concept), generate
+    vanilla and safe (``label_ratio``: their `generate --label-ratio`), judge; the pair's numbers."""
     name = f"pair{pair[0]}-{pair[1]}"
-    for k in pair:
-        export_pngs(images[labels == k][:negation_size], work / name / "images" / f"class{k}")
+    folders = [export_pngs(images[labels == k][:size], work / name / "images" / f"class{k}")
+               for k, size in zip(pair, sizes)]
     neg = work / name / "set.safetensors"
-    cli("negation", "build", "--model", MODEL, "--images", work / name / "images", "--reference-images", reference,
-        "--out", neg, "--overwrite", "-q")
+    given = [work / name / "images"] if one_folder else folders
+    cli("negation", "build", "--model", MODEL, *(arg for folder in given for arg in ("--images", folder)),
+        "--reference-images", reference, "--out", neg, "--overwrite", "-q")
     prompts = pair_prompts(pair)
     prompt_file = work / name / "prompts.jsonl"
     prompt_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
@@ -80,7 +82,7 @@ def run_pair(pair: tuple[int, int], images: torch.Tensor, labels: torch.Tensor, 
     alone = {}  # each class's own set, for its labelling
     for k in pair:
         own = work / name / f"set{k}.safetensors"
-        cli("negation", "build", "--model", MODEL, "--images", work / name / "images" / f"class{k}",
+        cli("negation", "build", "--model", MODEL, "--images", folders[pair.index(k)],
             "--reference-images", reference, "--out", own, "--overwrite", "-q")
         alone[k] = labelled_negated(NegationSet.load(own), reference_labels, k)
     runs = {}
@@ -130,10 +132,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=parse_pair, nargs="+", default=[(7, 9), (0, 8), (1, 3)])
     parser.add_argument("--n-per-prompt", type=int, default=2)
-    parser.add_argument("--negation-size", type=int, default=N_CLASS_IMAGES, help="test-split images per class")
+    parser.add_argument("--negation-size", type=int, default=N_CLASS_IMAGES, help="test-split images of class a")
+    parser.add_argument("--second-size", type=int, help="test-split images of class b (default: --negation-size)")
+    parser.add_argument("--one-folder", action="store_true", help="build the set from one folder holding both "
+                        "classes (one concept) instead of one --images per class")
     parser.add_argument("--label-ratio", type=float, help="generate --label-ratio for the safe runs")
     parser.add_argument("--out", type=Path, default=Path("docs/results/cli_two_classes.md"))
     args = parser.parse_args()
+    sizes = (args.negation_size, args.second_size or args.negation_size)
     start = time.time()
     images, labels = load_fashion_mnist("test", size=32)
     pipe = load_pipeline(MODEL)  # decodes the set's reference images for judged_run's copy check
@@ -145,15 +151,17 @@ def main() -> None:
         for pair in args.pairs:
             t0 = time.time()
             rows[pair] = run_pair(pair, images, labels, reference, labels[subset], work, args.n_per_prompt,
-                                  args.negation_size, args.label_ratio, pipe)
+                                  sizes, args.one_folder, args.label_ratio, pipe)
             print(f"classes {pair}: " + ", ".join(f"{m} {'holds' if rows[pair][(m, 'holds')] else 'misses'}"
                                                   for m in SAFE_RUNS) + f", {time.time() - t0:.0f} s", flush=True)
     per_group = args.n_per_prompt * len(HELDOUT_PROMPTS[0]["direct"])
     lines = ["# Two concepts in one negation set, through the public commands", "",
-             f"`python {' '.join(map(shlex.quote, sys.argv))}`: per pair of classes, `safe-denoiser negation build "
-             f"--model {MODEL}` from one folder of {args.negation_size} test-split PNGs of each class with "
-             f"{N_REFERENCE} test-split PNGs of all classes (seed 0) as `--reference-images`, then `safe-denoiser "
-             "generate` (the model's scheduler, steps and guidance, seed 0) without `--negation`, with it ("
+             f"`python {' '.join(map(shlex.quote, sys.argv))}`: per pair of classes a + b, `safe-denoiser negation "
+             f"build --model {MODEL}` from {sizes[0]} test-split PNGs of class a and {sizes[1]} of class b, "
+             + ("in one folder (one concept)" if args.one_folder else "one `--images` folder per class (two concepts)")
+             + f", with {N_REFERENCE} test-split PNGs of all classes (seed 0) as `--reference-images`, then "
+             "`safe-denoiser generate` (the model's scheduler, steps and guidance, seed 0) without `--negation`, "
+             "with it ("
              + (f"`--label-ratio {args.label_ratio:g}`" if args.label_ratio is not None else "default flags")
              + ": the latch is on under the model's guidance) and with it and `--no-latch`: the held-out "
              f"prompts of both classes ({per_group} images per group and class) and the other eight classes' direct "
