@@ -240,6 +240,8 @@ def test_negation_build_takes_a_folder_per_concept(model, negation_images, refer
     assert json.loads(neg.metadata["source_dir"]) == [str(negation_images.resolve()), str(second.resolve())]
     code, stdout, err = _run(["negation", "inspect", str(out)])
     assert code == 0 and "5 image(s) in 2 concepts (3, 2)" in stdout, err
+    code, _, err = _gen(model, tmp_path / "run", "--prompt", "a bag", "--n", "1", "--negation", str(out))
+    assert code == 0 and _manifest(tmp_path / "run")[0]["negation"] == neg.fingerprint, err
     for extra, message in (([str(second)], "is given twice"), ([str(tmp_path)], f"--images {tmp_path} holds"),
                            ([str(negation_images), "--class-label", "3"], "names the class of one --images")):
         code, _, err = _run([*base, "--overwrite", "--images", str(second), "--images", *extra])

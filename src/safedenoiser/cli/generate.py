@@ -66,9 +66,10 @@ def generate(
                                                    "of a class), about 128."),
     label_ratio: Optional[float] = typer.Option(None, "--label-ratio", help="Count a reference image as the "
                                                 "concept where the set's density at it is at least this times the "
-                                                "reference's own (a set built with --reference-images; default 1). "
-                                                "A set of n concepts of about equal size: 1/n (each concept's "
-                                                "density is diluted n times)."),
+                                                "reference's own (a set built with --reference-images; default 1; "
+                                                "for a set built with --images per concept, each concept's "
+                                                "density). Several concepts belong in a folder each, not in "
+                                                "one folder at 1/n."),
     min_weight: Optional[float] = typer.Option(None, "--min-weight", help="Leave an image's estimate untouched "
                                                "while w = beta / (1 - beta) is at most this (with the latch: of its "
                                                "held beta). 3 acts once beta passes 0.75: fewer changes to benign "
