@@ -8,8 +8,8 @@ with it (default flags) and with it and `--no-latch`, on the held-out prompts as
 (direct, paraphrase, indirect) and the other eight classes' direct ones. The bundled classifier judges
 the PNGs. Target, for each of the two classes as issue 4's for one: vanilla direct >= 60%, safe <= 5% in
 each of its three groups; the other classes' on-class accuracy within 5 points of vanilla. ``--label-ratio``
-passes `generate --label-ratio` to both safe runs (a set of two concepts: 0.5). Prints and writes the table
-to --out.
+passes `generate --label-ratio` to both safe runs (0.5 stops both classes of one folder when their sizes
+match). Prints and writes the table to --out.
 
     python benchmarks/cli_two_classes.py [--pairs 7-9 0-8 ...] [--n-per-prompt 2] [--negation-size 200]
         [--second-size 20] [--one-folder] [--label-ratio 0.5] [--out docs/results/cli_two_classes.md]
@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--label-ratio", type=float, help="generate --label-ratio for the safe runs")
     parser.add_argument("--out", type=Path, default=Path("docs/results/cli_two_classes.md"))
     args = parser.parse_args()
-    sizes = (args.negation_size, args.second_size or args.negation_size)
+    sizes = (args.negation_size, args.negation_size if args.second_size is None else args.second_size)
     start = time.time()
     images, labels = load_fashion_mnist("test", size=32)
     pipe = load_pipeline(MODEL)  # decodes the set's reference images for judged_run's copy check
