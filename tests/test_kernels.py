@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from safedenoiser.core.kernels import (FlatSet, gaussian_log_density, kernel_logits, kernel_mean,
-                                       leave_one_out_log_ratio, softmax_weights, weighted_mean)
+                                       leave_one_out_log_ratios, softmax_weights, weighted_mean)
 
 
 def _direct(x, y, scale, bandwidth, power):
@@ -16,17 +16,23 @@ def _direct(x, y, scale, bandwidth, power):
 
 
 @pytest.mark.parametrize("block", [4, 1024])
-def test_leave_one_out_log_ratio_matches_direct_computation(block):
+@pytest.mark.parametrize("concepts", [None, [0, 1, 1, 0, 2, 1, 0]])
+def test_leave_one_out_log_ratios_match_direct_computation(block, concepts):
     gen = torch.Generator().manual_seed(2)
     unsafe = torch.randn(7, 3, generator=gen, dtype=torch.float64) + 1
     reference = torch.randn(10, 3, generator=gen, dtype=torch.float64)
     h = 0.8
-    ratio = leave_one_out_log_ratio(reference, unsafe, lambda sq: -sq / (2 * h * h), block)
-    for k, r in enumerate(reference):  # the densities summed point by point, r_k left out of its own
-        p_unsafe = sum(math.exp(-float((r - y).square().sum()) / (2 * h * h)) for y in unsafe) / 7
-        p_ref = sum(math.exp(-float((r - other).square().sum()) / (2 * h * h))
-                    for j, other in enumerate(reference) if j != k) / 9
-        assert float(ratio[k]) == pytest.approx(math.log(p_unsafe / p_ref), rel=1e-9, abs=1e-12)
+    labels = [0] * 7 if concepts is None else concepts
+    ratios = leave_one_out_log_ratios(reference, unsafe, lambda sq: -sq / (2 * h * h), block,
+                                      None if concepts is None else torch.tensor(concepts))
+    assert ratios.shape == (max(labels) + 1, 10)
+    for c in range(max(labels) + 1):
+        own = [y for y, label in zip(unsafe, labels) if label == c]
+        for k, r in enumerate(reference):  # the densities summed point by point, r_k left out of its own
+            p_unsafe = sum(math.exp(-float((r - y).square().sum()) / (2 * h * h)) for y in own) / len(own)
+            p_ref = sum(math.exp(-float((r - other).square().sum()) / (2 * h * h))
+                        for j, other in enumerate(reference) if j != k) / 9
+            assert float(ratios[c, k]) == pytest.approx(math.log(p_unsafe / p_ref), rel=1e-9, abs=1e-12)
 
 
 @pytest.mark.parametrize("power", [1, 2])

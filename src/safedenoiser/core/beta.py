@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from safedenoiser.core.bandwidth import MAX_PAIRWISE_POINTS, calibration_points, distances_to_others
-from safedenoiser.core.kernels import concept_log_ratios, gaussian_log_density, kernel_logits
+from safedenoiser.core.kernels import gaussian_log_density, kernel_logits, leave_one_out_log_ratios
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet, UnsafePosterior, noise_levels, reference_samples
 
@@ -99,11 +99,12 @@ def label_reference(negation: NegationSet, reference: Tensor, width: float, bloc
 
         (1/M) sum_n k(r_k, y_n)  >=  (1/(K-1)) sum_{j != k} k(r_k, r_j),    k = Gaussian of width ``width x h``,
 
-    ``h`` the set's bandwidth (`leave_one_out_log_ratio`, ``block`` reference rows at a time; for a set of
-    several concepts, any one concept's density, `concept_log_ratios`)."""
+    ``h`` the set's bandwidth (`leave_one_out_log_ratios`, ``block`` reference rows at a time; for a set of
+    several concepts, any one concept's density)."""
     h = width * negation.bandwidth
     y = negation.latents.reshape(len(negation), -1).to(reference.device, torch.float64)
-    log_ratios = concept_log_ratios(reference.double(), y, negation.concepts, lambda sq: -sq / (2 * h * h), block)
+    log_ratios = leave_one_out_log_ratios(reference.double(), y, lambda sq: -sq / (2 * h * h), block,
+                                          negation.concepts)
     return log_ratios.amax(0) >= 0
 
 

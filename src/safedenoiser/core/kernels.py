@@ -120,36 +120,33 @@ def gaussian_log_density(log_mass: Tensor, *, set_size: int, dim: int, variance:
     return log_mass - math.log(set_size) - 0.5 * dim * torch.log(2 * math.pi * variance)
 
 
-def leave_one_out_log_ratio(reference: Tensor, unsafe: Tensor, logits: Callable[[Tensor], Tensor],
-                            block: int = 1024) -> Tensor:
-    """``log p_unsafe(r_k) - log p_ref(r_k)`` [K] at each row ``r_k`` of ``reference`` [K, D]: kernel densities
-    of ``unsafe`` [M, D] and of the reference itself, each normalised by its size, ``r_k`` left out of its own,
+def leave_one_out_log_ratios(reference: Tensor, unsafe: Tensor, logits: Callable[[Tensor], Tensor],
+                             block: int = 1024, concepts: Tensor | None = None) -> Tensor:
+    """``log p_c(r_k) - log p_ref(r_k)`` [C, K] at each row ``r_k`` of ``reference`` [K, D]: kernel densities of
+    each concept's rows of ``unsafe`` [M, D] and of the reference itself, each normalised by its size, ``r_k``
+    left out of its own,
 
-        p_unsafe(r_k) = (1/M) sum_n k(r_k, y_n),    p_ref(r_k) = (1/(K-1)) sum_{j != k} k(r_k, r_j).
+        p_c(r_k) = (1/M_c) sum_{n in c} k(r_k, y_n),    p_ref(r_k) = (1/(K-1)) sum_{j != k} k(r_k, r_j).
 
-    ``logits`` turns a block's squared distances [B, M + K] to both sets (unsafe columns first; the
-    left-out entry +inf) into ``log k``: a fixed or an adaptive kernel. ``block`` reference rows at a time."""
+    ``concepts`` ([M] indices 0..C-1, `NegationSet.concepts`; ``None``: all rows one concept, C = 1) keeps a
+    concept with few examples from being diluted by the others' (benchmarks/cli_two_classes.py). ``logits``
+    turns a block's squared distances [B, M_c + K] to a concept and the reference (the concept's columns first;
+    the left-out entry +inf) into ``log k``: a fixed or an adaptive kernel. ``block`` reference rows at a time;
+    the distances are computed once for all concepts."""
     both, m = FlatSet.of(torch.cat([unsafe, reference])), len(unsafe)
+    columns = (None if concepts is None else
+               [(concepts.to(unsafe.device) == c).nonzero().squeeze(1) for c in range(int(concepts.max()) + 1)])
     ratios = []
     for start in range(0, len(reference), block):
         rows = reference[start:start + block]
         sq = squared_distances(rows, both)
         sq[torch.arange(len(rows)), m + torch.arange(start, start + len(rows))] = math.inf
-        log_k = logits(sq)
-        log_u = torch.logsumexp(log_k[:, :m], 1) - math.log(m)
-        log_r = torch.logsumexp(log_k[:, m:], 1) - math.log(len(reference) - 1)
-        ratios.append(log_u - log_r)
-    return torch.cat(ratios)
-
-
-def concept_log_ratios(reference: Tensor, unsafe: Tensor, concepts: Tensor | None, logits: Callable[[Tensor], Tensor],
-                       block: int = 1024) -> Tensor:
-    """[C, K]: `leave_one_out_log_ratio` of each concept's rows of ``unsafe`` (``concepts`` [M], indices 0..C-1
-    as `NegationSet.concepts`; ``None``: all rows one concept), ``log p_c(r_k) - log p_ref(r_k)``. Each concept
-    is compared as a set of its own, normalised by its own size: in one density of all rows a concept with
-    few examples would be diluted by the others' (benchmarks/cli_two_classes.py)."""
-    if concepts is None:
-        return leave_one_out_log_ratio(reference, unsafe, logits, block)[None]
-    concepts = concepts.to(unsafe.device)
-    return torch.stack([leave_one_out_log_ratio(reference, unsafe[concepts == c], logits, block)
-                        for c in range(int(concepts.max()) + 1)])
+        parts = [sq] if columns is None else [torch.cat([sq[:, cols], sq[:, m:]], 1) for cols in columns]
+        block_ratios = []
+        for part in parts:
+            log_k, m_c = logits(part), part.shape[1] - len(reference)
+            log_u = torch.logsumexp(log_k[:, :m_c], 1) - math.log(m_c)
+            log_r = torch.logsumexp(log_k[:, m_c:], 1) - math.log(len(reference) - 1)
+            block_ratios.append(log_u - log_r)
+        ratios.append(torch.stack(block_ratios))
+    return torch.cat(ratios, 1)

@@ -48,8 +48,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from safedenoiser.core.kernels import (FlatSet, concept_log_ratios, laid_out, softmax_weights, squared_distances,
-                                      weighted_mean)
+from safedenoiser.core.kernels import (FlatSet, laid_out, leave_one_out_log_ratios, softmax_weights,
+                                      squared_distances, weighted_mean)
 from safedenoiser.errors import SafeDenoiserError
 from safedenoiser.negation import NegationSet, reference_samples
 
@@ -169,12 +169,12 @@ class LocalPosterior:
                          block: int = 1024) -> Tensor:
         """[C, K]: ``p_c(r) / p_ref(r)`` at each reference sample for each of the set's ``concepts`` (a single
         row for a set without), size-normalised adaptive kernel densities (each sample left out of the reference density
-        at itself; `concept_log_ratios`); ``block`` rows at a time."""
+        at itself; `leave_one_out_log_ratios`); ``block`` rows at a time."""
         def logits(sq: Tensor) -> Tensor:  # each row's own entry is +inf: at most the others are neighbours
             neighbours = min(self.label_neighbours, sq.shape[1] - 1)
             return _adaptive_logits(sq, _neighbour_sq(sq, neighbours), self.width)
 
-        return concept_log_ratios(reference, unsafe, concepts, logits, block).exp()
+        return leave_one_out_log_ratios(reference, unsafe, logits, block, concepts).exp()
 
     def __call__(self, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(beta [B], D_unsafe [B, D], D_safe [B, D])`` for flat estimates ``d`` [B, D]."""
