@@ -147,7 +147,7 @@ class NegationSet:
         for s in sets:
             own = s.concepts if s.concepts is not None else torch.zeros(len(s), dtype=torch.long)
             concepts.append(own + offset)
-            offset += int(own.max()) + 1
+            offset += s.concept_count
         common = {key: value for key, value in sets[0].metadata.items()  # the record all sets share
                   if key != "sources_sha256" and all(s.metadata.get(key) == value for s in sets[1:])}
         if encoders:

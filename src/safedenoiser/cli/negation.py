@@ -128,9 +128,9 @@ def build(
     classes = _class_count(model, pipe)
     if negated_class is not None and classes is not None and negated_class >= classes:
         raise SafeDenoiserError(f"--class-label {negated_class} is not a class of {model}; use 0..{classes - 1}")
-    concepts = [NegationSet.from_images(pipe, found, batch_size=batch_size, progress=not quiet)
-                for found, _ in scans]
-    neg = concepts[0] if len(concepts) == 1 else NegationSet.union(concepts)
+    per_folder = [NegationSet.from_images(pipe, found, batch_size=batch_size, progress=not quiet)
+                  for found, _ in scans]
+    neg = per_folder[0] if len(per_folder) == 1 else NegationSet.union(per_folder)
     if ref_good is not None:
         neg.reference = NegationSet.from_images(pipe, ref_good, batch_size=batch_size, progress=not quiet).latents
         neg.metadata["n_reference_images"] = str(len(ref_good))

@@ -168,8 +168,8 @@ class LocalPosterior:
     def reference_ratios(self, reference: Tensor, unsafe: Tensor, concepts: Tensor | None = None,
                          block: int = 1024) -> Tensor:
         """[C, K]: ``p_c(r) / p_ref(r)`` at each reference sample for each of the set's ``concepts`` (a single
-        row for a set without), size-normalised adaptive kernel densities (each sample left out of the reference density
-        at itself; `leave_one_out_log_ratios`); ``block`` rows at a time."""
+        row for a set without), size-normalised adaptive kernel densities (each sample left out of the
+        reference density at itself; `leave_one_out_log_ratios`); ``block`` rows at a time."""
         def logits(sq: Tensor) -> Tensor:  # each row's own entry is +inf: at most the others are neighbours
             neighbours = min(self.label_neighbours, sq.shape[1] - 1)
             return _adaptive_logits(sq, _neighbour_sq(sq, neighbours), self.width)
