@@ -39,14 +39,16 @@ VP_DISCRETE = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "LCMScheduler"
 VP_SIGMAS = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
              "UniPCMultistepScheduler", "DEISMultistepScheduler")  # own sigmas -> _sigma_to_alpha_sigma_t
 SIGMA_SPACE = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler",
-               "HeunDiscreteScheduler")  # Heun: sigmas[step_index] is also its second evaluation's level
+               "HeunDiscreteScheduler", "KDPM2AncestralDiscreteScheduler",  # sigmas[step_index] is also their
+               "KDPM2DiscreteScheduler")  # second evaluation's level; KDPM2's is a midpoint, see `_sigma`
 EDM = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")  # sigma space, EDM-preconditioned model
-FLOW = ("FlowMatchEulerDiscreteScheduler",)
+FLOW = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")  # Heun: levels as above
 SUPPORTED = VP_DISCRETE + VP_SIGMAS + SIGMA_SPACE + EDM + FLOW
 # Step some steps from a copy of the sample they stored earlier, not the ``sample`` they are handed:
 # a re-noised sample (the paper rule) would be dropped there. UniPC's corrector rebuilds every sample
 # from the previous step's.
-OWN_SAMPLE = ("PNDMScheduler", "DPMSolverSinglestepScheduler", "HeunDiscreteScheduler", "UniPCMultistepScheduler")
+OWN_SAMPLE = ("PNDMScheduler", "DPMSolverSinglestepScheduler", "HeunDiscreteScheduler", "UniPCMultistepScheduler",
+              "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
 
 Layout = Callable[[Tensor], Tensor]  # a batch of samples in one layout -> the same in another
 
@@ -107,7 +109,7 @@ def noise_level(scheduler, timestep) -> tuple[float, float, float]:
         return float(alpha), float(sigma), 1.0
     if scheduler.step_index is None:
         scheduler._init_step_index(timestep)  # exactly what step() does first
-    level = torch.as_tensor(scheduler.sigmas[scheduler.step_index], dtype=torch.float64)
+    level = torch.as_tensor(_sigma(scheduler), dtype=torch.float64)
     if kind == "vp_sigmas":
         alpha, sigma = scheduler._sigma_to_alpha_sigma_t(level)  # the scheduler's own sigma convention
         return float(alpha), float(sigma), 1.0
@@ -119,6 +121,15 @@ def noise_level(scheduler, timestep) -> tuple[float, float, float]:
         return float(alpha), float(sigma), 1.0
     alpha, sigma = flow_levels(level)
     return float(alpha), float(sigma), 1.0
+
+
+def _sigma(scheduler) -> Tensor:
+    """The sigma of the sample a sigma-indexed scheduler is about to step: ``sigmas[step_index]``, except at
+    KDPM2's (DPM-Solver-2's) second evaluation, which is at the midpoint ``sigmas_interpol[step_index]``
+    (KDPM2-ancestral's midpoint, between sigma and its sigma_down, is the next sigma itself)."""
+    if is_one_of(type(scheduler), ("KDPM2DiscreteScheduler",)) and not scheduler.state_in_first_order:
+        return scheduler.sigmas_interpol[scheduler.step_index]
+    return scheduler.sigmas[scheduler.step_index]
 
 
 def latent_channels(pipe) -> int | None:
