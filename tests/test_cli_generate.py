@@ -369,8 +369,9 @@ def test_csv_rows_bring_their_own_seed_and_guidance(model, tmp_path):
                                                                           ("second", 101, 2.0)]
 
 
-def test_batch_size_does_not_change_the_images(model, tmp_path):
-    args = ["--prompt", "a coat", "--n", "3", "--seed", "1"]
+@pytest.mark.parametrize("scheduler", [[], ["--scheduler", "DPMSolverSDE"]])  # its noise: Brownian trees
+def test_batch_size_does_not_change_the_images(model, tmp_path, scheduler):
+    args = ["--prompt", "a coat", "--n", "3", "--seed", "1", *scheduler]
     assert _gen(model, tmp_path / "b1", *args, "--batch-size", "1")[0] == 0
     assert _gen(model, tmp_path / "b3", *args, "--batch-size", "3")[0] == 0
     for a, b in zip(_manifest(tmp_path / "b1"), _manifest(tmp_path / "b3")):
@@ -570,7 +571,7 @@ def test_bad_input_exits_2_with_a_message(model, wrong_shape_set, negation_file,
     (["--preset", "sd14-nudity", "--features", "unet"], "features='unet' is for the local estimator"),
     (["--boundary-power", "8"], "--boundary-power weighs the reference images"),
     (["--label-ratio", "0.5"], "--label-ratio labels the reference images"),
-    (["--scheduler", "KDPM2DiscreteScheduler"], "cannot tell the noise level of KDPM2DiscreteScheduler's samples"),
+    (["--scheduler", "IPNDMScheduler"], "cannot tell the noise level of IPNDMScheduler's samples"),
     (["--preset", "sd14-nudity", "--scheduler", "UniPCMultistep"], "which UniPCMultistepScheduler would drop"),
 ])
 def test_flags_that_do_not_go_with_the_set_fail_before_the_model_loads(model, negation_file, tmp_path, monkeypatch,
@@ -584,6 +585,25 @@ def test_flags_that_do_not_go_with_the_set_fail_before_the_model_loads(model, ne
     monkeypatch.setattr(safedenoiser.generation, "load_pipeline", no_loading)
     code, _, err = _gen(model, tmp_path / "out", "--prompt", "a", "--negation", str(negation_file), *flags)
     assert code == 2 and message in err
+
+
+def test_a_scheduler_whose_package_is_missing_is_named_before_the_model_loads(model, tmp_path, monkeypatch):
+    """diffusers stands a placeholder in for a scheduler whose package is not installed (DPMSolverSDEScheduler
+    without torchsde); using it would raise an ImportError from inside the pipeline."""
+    import diffusers
+    from diffusers.utils import DummyObject
+
+    import safedenoiser.generation
+
+    class NeedsMissingScheduler(metaclass=DummyObject):
+        _backends = ["torch", "no_such_package_for_this_test"]
+
+    monkeypatch.setattr(diffusers, "NeedsMissingScheduler", NeedsMissingScheduler, raising=False)
+    monkeypatch.setattr(safedenoiser.generation, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
+    code, _, err = _gen(model, tmp_path / "out", "--prompt", "a", "--scheduler", "NeedsMissing")
+    assert code == 2
+    assert "NeedsMissingScheduler needs no_such_package_for_this_test, which is not installed: pip install " \
+           "no_such_package_for_this_test" in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")

@@ -34,6 +34,7 @@ SCHEDULERS = {
     "Heun": lambda: diffusers.HeunDiscreteScheduler.from_config(SD_SCHEDULER),
     "KDPM2": lambda: diffusers.KDPM2DiscreteScheduler.from_config(SD_SCHEDULER),
     "KDPM2Ancestral": lambda: diffusers.KDPM2AncestralDiscreteScheduler.from_config(SD_SCHEDULER),
+    "DPMSolverSDE": lambda: diffusers.DPMSolverSDEScheduler.from_config(SD_SCHEDULER, noise_sampler_seed=0),
 }
 
 
@@ -207,7 +208,8 @@ def test_refuses_an_unknown_scheduler_at_attach(sd_pipe):
     assert "step" not in sd_pipe.scheduler.__dict__
 
 
-@pytest.mark.parametrize("name", ["PNDM", "DPMSinglestep", "Heun", "UniPC", "KDPM2", "KDPM2Ancestral"])
+@pytest.mark.parametrize("name", ["PNDM", "DPMSinglestep", "Heun", "UniPC", "KDPM2", "KDPM2Ancestral",
+                                  "DPMSolverSDE"])
 def test_refuses_the_paper_rule_with_a_scheduler_that_would_drop_its_renoising(sd_pipe, name):
     sd_pipe.scheduler = SCHEDULERS[name]()
     with pytest.raises(SafeDenoiserError, match="paper rule re-noises"):

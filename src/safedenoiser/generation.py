@@ -10,13 +10,13 @@ An output folder holds
     images/*.png     one file per image: ``{index:06d}-s{seed}-{hash}.png``, never prompt text
     manifest.jsonl   one JSON line per finished image (`ManifestRecord`'s fields)
 
-Each image's noise comes from its own generator seeded with ``seed + index`` (or the prompt
-row's ``evaluation_seed``), so a vanilla and a safe run with the same arguments start every image
-from the same noise, whatever the batch size. An image is written to a temporary file and moved
-into place with `os.replace`; only then is its manifest line appended (flushed and fsynced). On
-resume, lines whose image is missing and a torn last line are dropped, images without a line are
-made again, and temporary files are removed: a run killed at any moment resumes cleanly.
-Growing ``n`` extends a run (image ``i`` does not depend on ``n``).
+Each image's noise comes from its own generator seeded with ``seed + index`` (or the prompt row's
+``evaluation_seed``; DPM-Solver++ SDE's Brownian tree too), so a vanilla and a safe run with the
+same arguments start every image from the same noise, whatever the batch size. An image is written
+to a temporary file and moved into place with `os.replace`; only then is its manifest line appended
+(flushed and fsynced). On resume, lines whose image is missing and a torn last line are dropped,
+images without a line are made again, and temporary files are removed: a run killed at any moment
+resumes cleanly. Growing ``n`` extends a run (image ``i`` does not depend on ``n``).
 """
 
 from __future__ import annotations
@@ -376,8 +376,11 @@ def load_pipeline(model: str, device: str, dtype: torch.dtype):
 
 def scheduler_class(name: str, safe: bool = False) -> type:
     """The diffusers scheduler class called ``name`` (case and the ``Scheduler`` suffix optional:
-    ``dpmsolvermultistep``); with ``safe``, only one `attach` supports."""
+    ``dpmsolvermultistep``); with ``safe``, only one `attach` supports. Refuses one whose package is missing."""
+    import importlib.util
+
     import diffusers
+    from diffusers.utils import DummyObject
 
     from safedenoiser.integrations.diffusers import SUPPORTED, is_one_of
 
@@ -389,6 +392,10 @@ def scheduler_class(name: str, safe: bool = False) -> type:
         raise SafeDenoiserError(f"unknown scheduler {name!r}: give a diffusers scheduler class, e.g. "
                                 f"DPMSolverMultistepScheduler; the safe denoiser runs with {', '.join(SUPPORTED)}")
     cls = getattr(diffusers, matches[0])
+    if isinstance(cls, DummyObject):  # diffusers' stand-in for a class whose package is not installed
+        missing = [package for package in cls._backends if importlib.util.find_spec(package) is None]
+        raise SafeDenoiserError(f"{cls.__name__} needs {', '.join(missing)}, which is not installed: "
+                                f"pip install {' '.join(missing)}")
     if safe and not is_one_of(cls, SUPPORTED):
         raise SafeDenoiserError(f"the safe denoiser cannot tell the noise level of {cls.__name__}'s samples; use "
                                 f"one of {', '.join(SUPPORTED)}")
@@ -513,6 +520,8 @@ def _sample(pipe, kind: str, batch: list[ImageJob], steps: int, safe,
         "generator": [torch.Generator("cpu").manual_seed(job.seed) for job in batch],
         "output_type": "pil",
     }
+    if hasattr(pipe.scheduler, "noise_sampler_seed"):  # DPM-Solver++ SDE draws noise from Brownian trees, not the
+        pipe.scheduler.noise_sampler_seed = [job.seed for job in batch]  # generator: one tree per image
     if batch[0].guidance is not None and _takes(pipe, "guidance_scale"):
         kwargs["guidance_scale"] = batch[0].guidance
     if kind == "text":

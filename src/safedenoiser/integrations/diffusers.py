@@ -38,17 +38,20 @@ from safedenoiser.negation import NegationSet
 VP_DISCRETE = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "LCMScheduler", "TCDScheduler")  # alphas_cumprod[t]
 VP_SIGMAS = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
              "UniPCMultistepScheduler", "DEISMultistepScheduler")  # own sigmas -> _sigma_to_alpha_sigma_t
+# Sigma space; the second-order ones (Heun, KDPM2, DPM-Solver++ SDE) evaluate the model twice a step, each
+# time at the level `_sigma` reads.
 SIGMA_SPACE = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler",
-               "HeunDiscreteScheduler", "KDPM2AncestralDiscreteScheduler",  # sigmas[step_index] is also their
-               "KDPM2DiscreteScheduler")  # second evaluation's level; KDPM2's is a midpoint, see `_sigma`
+               "HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+               "DPMSolverSDEScheduler")
 EDM = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")  # sigma space, EDM-preconditioned model
-FLOW = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")  # Heun: levels as above
+FLOW = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")  # flow Heun: levels as Heun's
 SUPPORTED = VP_DISCRETE + VP_SIGMAS + SIGMA_SPACE + EDM + FLOW
 # Step some steps from a copy of the sample they stored earlier, not the ``sample`` they are handed:
 # a re-noised sample (the paper rule) would be dropped there. UniPC's corrector rebuilds every sample
 # from the previous step's.
 OWN_SAMPLE = ("PNDMScheduler", "DPMSolverSinglestepScheduler", "HeunDiscreteScheduler", "UniPCMultistepScheduler",
-              "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+              "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "DPMSolverSDEScheduler",
+              "FlowMatchHeunDiscreteScheduler")
 
 Layout = Callable[[Tensor], Tensor]  # a batch of samples in one layout -> the same in another
 
@@ -125,10 +128,14 @@ def noise_level(scheduler, timestep) -> tuple[float, float, float]:
 
 def _sigma(scheduler) -> Tensor:
     """The sigma of the sample a sigma-indexed scheduler is about to step: ``sigmas[step_index]``, except at
-    KDPM2's (DPM-Solver-2's) second evaluation, which is at the midpoint ``sigmas_interpol[step_index]``
-    (KDPM2-ancestral's midpoint, between sigma and its sigma_down, is the next sigma itself)."""
-    if is_one_of(type(scheduler), ("KDPM2DiscreteScheduler",)) and not scheduler.state_in_first_order:
+    the second evaluation of KDPM2 (DPM-Solver-2) and DPM-Solver++ SDE, which is at a midpoint:
+    ``sigmas_interpol[step_index]`` and ``mid_point_sigma`` (KDPM2-ancestral's midpoint, between sigma and
+    its sigma_down, is the next sigma itself)."""
+    second = not getattr(scheduler, "state_in_first_order", True)
+    if second and is_one_of(type(scheduler), ("KDPM2DiscreteScheduler",)):
         return scheduler.sigmas_interpol[scheduler.step_index]
+    if second and is_one_of(type(scheduler), ("DPMSolverSDEScheduler",)):
+        return scheduler.mid_point_sigma
     return scheduler.sigmas[scheduler.step_index]
 
 
