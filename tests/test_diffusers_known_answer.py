@@ -95,8 +95,8 @@ SAMPLERS = {
 }
 REQUIRED = ["DDIMPipeline", "DDPMPipeline", "euler", "dpm++"]
 PARAMETRISATIONS = ["euler-v", "ddim-v", "ddim-sample", "unipc-sample", "flow-euler"]
-MORE_SAMPLERS = ["heun", "dpm++-sde", "lcm", "tcd", "dpm++-flow", "edm-euler",  # 2nd order, consistency, Sana,
-                 "edm-dpm++-v"]  # EDM
+# second order, consistency, Sana's flow DPM-Solver++, EDM
+MORE_SAMPLERS = ["heun", "dpm++-sde", "lcm", "tcd", "dpm++-flow", "edm-euler", "edm-dpm++-v"]
 # Second order through a midpoint (KDPM2, "DPM2" in other UIs) or Heun's on flow levels: the reference-free gate
 # leaves 8-11% of their samples in the negated component at 50 steps (4,000 samples; Heun's 3%, DPM-Solver++
 # SDE's 1%), so they are not in its test.
