@@ -4,7 +4,8 @@ tests/test_diffusers_known_answer.py checks each sampler on 1,000 samples and on
 mixture (three components of std 0.1, the negated one holding 40% of the mass), samplers and 50 steps on
 ``--n`` samples and ``--seeds`` seeds, and writes the share of samples in the negated component, mean and
 worst over seeds: vanilla, exact beta (the adapter alone: it should be the safe mixture's ~0%) and the
-reference-free gate (`SafeDenoiser(negation_set)`, 200 samples of the component).
+reference-free gate (`SafeDenoiser(negation_set)`, 200 samples of the component); for the second-order
+samplers also the gate without `step_beta` (each evaluation of a step judged on its own, as before it).
 
     python benchmarks/known_answer_schedulers.py [--n 4000] [--seeds 3] [--out docs/results/known_answer_schedulers.md]
 """
@@ -19,15 +20,29 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from conftest import NEGATED, ExactNegatedComponent, component_shares, exact_beta  # noqa: E402
-from test_diffusers_known_answer import (MIDPOINT_SAMPLERS, MORE_SAMPLERS, PARAMETRISATIONS,  # noqa: E402
-                                         REQUIRED, negation_set, sample)
+from test_diffusers_known_answer import (GATE_MISSES, MORE_SAMPLERS, PARAMETRISATIONS,  # noqa: E402
+                                         REQUIRED, SAMPLERS, negation_set, sample)
 
 from safedenoiser import SafeDenoiser  # noqa: E402
 from safedenoiser.core.beta import ExactBeta  # noqa: E402
 
+
+class EachEvaluationAlone(SafeDenoiser):
+    """The safe denoiser as if every call began a step: no `step_beta` at a second evaluation."""
+
+    def correct(self, *args, within_step: bool = False, **kwargs):
+        return super().correct(*args, **kwargs)
+
+
 METHODS = {"vanilla": lambda: None,
            "exact beta": lambda: SafeDenoiser(ExactNegatedComponent(), beta=ExactBeta(exact_beta)),
-           "gate": lambda: SafeDenoiser(negation_set())}
+           "gate": lambda: SafeDenoiser(negation_set()),
+           "gate, each evaluation alone": lambda: EachEvaluationAlone(negation_set())}
+
+
+def second_order(sampler: str) -> bool:
+    """Whether the sampler evaluates the model twice a step (its scheduler has ``state_in_first_order``)."""
+    return sampler in SAMPLERS and hasattr(type(SAMPLERS[sampler]()[1]), "state_in_first_order")
 
 
 def main() -> None:
@@ -38,10 +53,10 @@ def main() -> None:
     args = parser.parse_args()
     start = time.time()
     rows = []
-    for sampler in REQUIRED + PARAMETRISATIONS + MORE_SAMPLERS + MIDPOINT_SAMPLERS:
+    for sampler in REQUIRED + PARAMETRISATIONS + MORE_SAMPLERS + GATE_MISSES:
         cells = []
         for method, make in METHODS.items():
-            if method == "gate" and sampler in PARAMETRISATIONS:  # the same samplers in other parametrisations
+            if method == "gate, each evaluation alone" and not second_order(sampler):
                 cells.append("-")
                 continue
             shares = [component_shares(sample(sampler, make(), n=args.n, seed=seed))[NEGATED]
@@ -55,8 +70,7 @@ def main() -> None:
         f"`python benchmarks/known_answer_schedulers.py --n {args.n} --seeds {args.seeds}` "
         f"({time.time() - start:.0f} s): {args.n} samples, 50 steps, seeds 0-{args.seeds - 1}. Cells: share of "
         "samples whose most likely component is the negated one, mean over seeds (worst). The samplers are those of "
-        "tests/test_diffusers_known_answer.py (`SAMPLERS`); the gate is not run for the rows that only change the "
-        "parametrisation.",
+        "tests/test_diffusers_known_answer.py (`SAMPLERS`).",
         "",
         "| sampler | " + " | ".join(METHODS) + " |",
         "|---|" + "---|" * len(METHODS),

@@ -95,12 +95,12 @@ SAMPLERS = {
 }
 REQUIRED = ["DDIMPipeline", "DDPMPipeline", "euler", "dpm++"]
 PARAMETRISATIONS = ["euler-v", "ddim-v", "ddim-sample", "unipc-sample", "flow-euler"]
-# second order, consistency, Sana's flow DPM-Solver++, EDM
-MORE_SAMPLERS = ["heun", "dpm++-sde", "lcm", "tcd", "dpm++-flow", "edm-euler", "edm-dpm++-v"]
-# Second order through a midpoint (KDPM2, "DPM2" in other UIs) or Heun's on flow levels: the reference-free gate
-# leaves 7-11% of their samples in the negated component at 50 steps (Heun's 3%, DPM-Solver++ SDE's 1%;
-# docs/results/known_answer_schedulers.md), so they are not in its test.
-MIDPOINT_SAMPLERS = ["kdpm2", "kdpm2-ancestral", "flow-heun"]
+# second order (KDPM2 through a midpoint), consistency, Sana's flow DPM-Solver++, EDM
+MORE_SAMPLERS = ["heun", "kdpm2", "kdpm2-ancestral", "dpm++-sde", "lcm", "tcd", "dpm++-flow", "edm-euler",
+                 "edm-dpm++-v"]
+# FlowMatchHeun: the reference-free gate leaves 7% of its samples in the negated component at 50 steps, as it leaves
+# 8% with FlowMatchEuler's levels (docs/results/known_answer_schedulers.md), so it is not in the gate's test.
+GATE_MISSES = ["flow-heun"]
 
 
 def assert_safe_shares(shares: list[float], aim: float = NEGATED_MAX) -> None:
@@ -109,7 +109,7 @@ def assert_safe_shares(shares: list[float], aim: float = NEGATED_MAX) -> None:
         assert abs(shares[k] / KEPT_SHARE - 1) <= KEPT_TOLERANCE, f"kept component {k}: share {shares[k]:.4f}"
 
 
-@pytest.mark.parametrize("sampler", REQUIRED + MORE_SAMPLERS + MIDPOINT_SAMPLERS)
+@pytest.mark.parametrize("sampler", REQUIRED + MORE_SAMPLERS + GATE_MISSES)
 def test_vanilla_puts_about_40_percent_in_the_negated_component(sampler):
     shares = component_shares(vanilla(sampler))
     assert 0.35 <= shares[NEGATED] <= 0.45, shares
@@ -125,14 +125,14 @@ def test_default_safe_denoiser_removes_the_negated_component(sampler):
     assert_safe_shares(shares)
 
 
-@pytest.mark.parametrize("sampler", REQUIRED + MORE_SAMPLERS + MIDPOINT_SAMPLERS)
+@pytest.mark.parametrize("sampler", REQUIRED + MORE_SAMPLERS + GATE_MISSES)
 def test_far_set_changes_nothing_bit_for_bit(sampler):
     safe = SafeDenoiser(far_set())
     assert torch.equal(vanilla(sampler), sample(sampler, safe))
     assert safe.trace and all(r.acted == 0 for r in safe.trace)
 
 
-@pytest.mark.parametrize("sampler", REQUIRED + PARAMETRISATIONS + MORE_SAMPLERS + MIDPOINT_SAMPLERS)
+@pytest.mark.parametrize("sampler", REQUIRED + PARAMETRISATIONS + MORE_SAMPLERS + GATE_MISSES)
 def test_exact_beta_reaches_one_percent_for_every_parametrisation(sampler):
     """With exact beta and D_unsafe the adapter alone decides the result: it must be the safe mixture.
     KDPM2-ancestral leaves 0.76% (worst seed 0.88%; the others 0.3-0.55%, docs/results/known_answer_schedulers.md):

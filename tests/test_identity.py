@@ -82,6 +82,36 @@ def test_trace_records_every_call():
     assert all(r.acted == 4 and r.batch == 4 and r.beta_mean == pytest.approx(0.5) for r in safe.trace)
 
 
+class ScriptedBeta:
+    """Hands out the given betas, one tensor a call."""
+
+    def __init__(self, *betas: list[float]):
+        self.betas = iter(torch.tensor(b) for b in betas)
+
+    def __call__(self, x_t, alpha, sigma, x0_hat, unsafe):
+        return next(self.betas)
+
+
+def test_a_second_evaluation_within_a_step_keeps_the_steps_first_beta():
+    """`step_beta`: a call ``within_step`` takes each sample's beta as at least the previous call's, for the same
+    batch only; a call that is not within the step, another batch and a new run start afresh."""
+    safe = SafeDenoiser(NegationSet.from_latents(torch.zeros(5, 2)),
+                        beta=ScriptedBeta([0.9, 0.0], [0.0, 0.1], [0.0, 0.1], [0.0], [0.9, 0.9], [0.0, 0.0]))
+
+    def beta(batch: int = 2, within_step: bool = True) -> list[float]:
+        x = torch.ones(batch, 2)
+        return safe.correct(x, 0.5, 0.8, x, within_step=within_step).beta.tolist()
+
+    assert beta(within_step=False) == pytest.approx([0.9, 0.0])
+    held = safe.correct(torch.ones(2, 2), 0.5, 0.8, torch.ones(2, 2), within_step=True)
+    assert held.beta.tolist() == pytest.approx([0.9, 0.1]) and held.acted.tolist() == [True, True]
+    assert beta(within_step=False) == pytest.approx([0.0, 0.1])
+    assert beta(batch=1) == pytest.approx([0.0])
+    beta(within_step=False)
+    safe.reset()
+    assert beta() == pytest.approx([0.0, 0.0])
+
+
 def test_when_no_sample_acts_the_unsafe_mean_is_never_computed(monkeypatch):
     """The gate decides first: far from the set the output is x0_hat itself, with no weighted mean."""
     import safedenoiser.negation as negation_module

@@ -84,9 +84,10 @@ class Spell:
         return self.negation.sample_shape
 
     def correct(self, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float, x0_hat: Tensor, *,
-                guided: bool = False) -> Correction:
-        """Repel ``x0_hat``; ``beta`` carries the number of balls each sample fell into. ``guided`` (part of
-        the `attach` protocol) changes nothing: the repellency is the same with or without guidance."""
+                guided: bool = False, within_step: bool = False) -> Correction:
+        """Repel ``x0_hat``; ``beta`` carries the number of balls each sample fell into. ``guided`` and
+        ``within_step`` (part of the `attach` protocol) change nothing: the repellency is the same with or
+        without guidance, and it holds nothing from one call to the next."""
         dtype = torch.float64 if x0_hat.dtype == torch.float64 else torch.float32
         batch = x0_hat.shape[0]
         x = x0_hat.reshape(batch, -1).to(dtype)

@@ -5,9 +5,10 @@ This is the edge where a scheduler's model output becomes the denoised estimate 
 
 1. read the noise level of ``sample`` off the scheduler: ``sample = alpha x0 + sigma eps``;
 2. ``x0_hat = to_x0(model_output)`` with the scheduler's prediction type;
-3. ``SafeDenoiser.correct(sample, alpha, sigma, x0_hat, guided=...)`` (FLUX's tokens unpacked to the set's
-   latents for it, `sample_layout`), ``guided`` from the pipeline's
+3. ``SafeDenoiser.correct(sample, alpha, sigma, x0_hat, guided=..., within_step=...)`` (FLUX's tokens
+   unpacked to the set's latents for it, `sample_layout`), ``guided`` from the pipeline's
    ``do_classifier_free_guidance`` (False for a bare scheduler), or ``attach``'s ``guided``;
+   ``within_step`` at a second-order scheduler's second evaluation of a step;
 4. nothing acted: the original ``step`` with the original arguments (bit-identical to vanilla);
    identity (default): the model output of the acted samples replaced by ``from_x0(x0_safe)``;
    paper rule: the acted samples re-noised, ``alpha x0_safe + sigma z`` (``z`` seeded by the image itself,
@@ -235,7 +236,8 @@ def _safe_step(safe, scheduler, original, pipe, guided: bool | None):
         model_x, model_a, model_s = scale * x, scale * alpha, scale * sigma
         x0_hat = output_to_x0(output.to(dtype), model_x, model_a, model_s)
         guided_now = applies_guidance(pipe) if guided is None else guided
-        corr = safe.correct(to_image(x), alpha, sigma, to_image(x0_hat), guided=guided_now)
+        second = not getattr(scheduler, "state_in_first_order", True)  # a Heun, KDPM2, DPM++ SDE step's 2nd call
+        corr = safe.correct(to_image(x), alpha, sigma, to_image(x0_hat), guided=guided_now, within_step=second)
         safe.trace[-1].timestep = float(timestep)
         if not bool(corr.acted.any()):
             return original(*args, **kwargs)
