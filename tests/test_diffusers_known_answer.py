@@ -166,6 +166,25 @@ def test_noise_level_is_the_one_the_model_input_was_scaled_for(name):
         scheduler.step(torch.zeros_like(x), t, x)
 
 
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_attach_tells_the_second_evaluation_of_each_step(name):
+    """`step_beta` holds beta over a step's evaluations: attach must pass ``within_step`` at every second model
+    evaluation of a scheduler of order 2 (diffusers' own count of evaluations a step) and never otherwise."""
+    model, scheduler = supported_sampler(name)
+    safe, flags = SafeDenoiser(far_set()), []
+    correct = safe.correct
+
+    def recording(*args, within_step: bool = False, **kwargs):
+        flags.append(within_step)
+        return correct(*args, within_step=within_step, **kwargs)
+
+    safe.correct = recording
+    with safe.attach(scheduler):
+        run_loop(model, scheduler, n=2, steps=6)
+    assert len(flags) == len(scheduler.timesteps)
+    assert flags == [scheduler.order == 2 and i % 2 == 1 for i in range(len(flags))]
+
+
 # ------------------------------------------------------------------------------ the paper rule, every scheduler
 
 PAPER_RULE = dict(h=0.2, s=1.0, window=0.5)  # a fixed repulsion from the set, at sigma / alpha >= 0.5
