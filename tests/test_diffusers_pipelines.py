@@ -248,7 +248,7 @@ def image_to_image(cls, sd_components, **kwargs):
     g = torch.Generator().manual_seed(1)
     kw = dict(prompt_embeds=torch.randn(2, MAX_TOKENS, TEXT_DIM, generator=g),
               negative_prompt_embeds=torch.randn(2, MAX_TOKENS, TEXT_DIM, generator=g),
-              image=torch.rand(2, 3, 16, 16, generator=g) * 2 - 1, num_inference_steps=6, output_type="latent")
+              image=torch.rand(2, 3, 16, 16, generator=g), num_inference_steps=6, output_type="latent")
     kw.update({"guidance_scale": 3.0, **kwargs})
     return pipe, lambda: pipe(**kw, generator=torch.Generator().manual_seed(0)).images
 
