@@ -127,12 +127,18 @@ def noise_level(scheduler, timestep) -> tuple[float, float, float]:
     return float(alpha), float(sigma), 1.0
 
 
+def second_evaluation(scheduler) -> bool:
+    """Whether the scheduler's next ``step`` is the second model evaluation of a second-order step (Heun,
+    KDPM2, DPM-Solver++ SDE, FlowMatchHeun: ``state_in_first_order`` is False)."""
+    return not getattr(scheduler, "state_in_first_order", True)
+
+
 def _sigma(scheduler) -> Tensor:
     """The sigma of the sample a sigma-indexed scheduler is about to step: ``sigmas[step_index]``, except at
     the second evaluation of KDPM2 (DPM-Solver-2) and DPM-Solver++ SDE, which is at a midpoint:
     ``sigmas_interpol[step_index]`` and ``mid_point_sigma`` (KDPM2-ancestral's midpoint, between sigma and
     its sigma_down, is the next sigma itself)."""
-    second = not getattr(scheduler, "state_in_first_order", True)
+    second = second_evaluation(scheduler)
     if second and is_one_of(type(scheduler), ("KDPM2DiscreteScheduler",)):
         return scheduler.sigmas_interpol[scheduler.step_index]
     if second and is_one_of(type(scheduler), ("DPMSolverSDEScheduler",)):
@@ -236,8 +242,8 @@ def _safe_step(safe, scheduler, original, pipe, guided: bool | None):
         model_x, model_a, model_s = scale * x, scale * alpha, scale * sigma
         x0_hat = output_to_x0(output.to(dtype), model_x, model_a, model_s)
         guided_now = applies_guidance(pipe) if guided is None else guided
-        second = not getattr(scheduler, "state_in_first_order", True)  # a Heun, KDPM2, DPM++ SDE step's 2nd call
-        corr = safe.correct(to_image(x), alpha, sigma, to_image(x0_hat), guided=guided_now, within_step=second)
+        corr = safe.correct(to_image(x), alpha, sigma, to_image(x0_hat), guided=guided_now,
+                            within_step=second_evaluation(scheduler))
         safe.trace[-1].timestep = float(timestep)
         if not bool(corr.acted.any()):
             return original(*args, **kwargs)
